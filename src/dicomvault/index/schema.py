@@ -1,0 +1,151 @@
+"""The index schema: patient / study / series / instance, objects, and the event log.
+
+Each level keeps its QIDO-RS / C-FIND attributes as columns (indexed where queries
+filter on them); every instance also keeps its full header as DICOM JSON
+(PS3.18 Annex F, bulk data replaced by BulkDataURIs), JSONB on PostgreSQL.
+Person names have an upper-cased twin column so matching is case-insensitive
+and still uses an index. Alembic migrations in `migrations/` must match this
+module; a test compares them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["events", "instances", "metadata", "objects", "patients", "series", "studies"]
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+HeaderJSON = JSON().with_variant(JSONB(), "postgresql")
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
+
+
+def _created() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("patient_id", String(64), nullable=False, server_default=""),
+    Column("issuer", String(64), nullable=False, server_default=""),
+    Column("patient_name", String(324)),
+    Column("patient_name_norm", String(324)),
+    Column("birth_date", String(8)),
+    Column("sex", String(16)),
+    _created(),
+    UniqueConstraint("patient_id", "issuer"),
+    Index(None, "patient_name_norm"),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("patient_fk", ForeignKey("patients.id"), nullable=False, index=True),
+    Column("study_date", String(8), index=True),
+    Column("study_time", String(16)),
+    Column("accession_number", String(16), index=True),
+    Column("study_id", String(16)),
+    Column("referring_physician", String(324)),
+    Column("referring_physician_norm", String(324)),
+    Column("description", String(64)),
+    Column("num_series", Integer, nullable=False, server_default="0"),
+    Column("num_instances", Integer, nullable=False, server_default="0"),
+    _created(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("study_fk", ForeignKey("studies.id"), nullable=False, index=True),
+    Column("modality", String(16), index=True),
+    Column("series_number", Integer),
+    Column("description", String(64)),
+    Column("body_part", String(16)),
+    Column("series_date", String(8)),
+    Column("series_time", String(16)),
+    Column("performed_start_date", String(8)),
+    Column("performed_start_time", String(16)),
+    Column("num_instances", Integer, nullable=False, server_default="0"),
+    _created(),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("sop_uid", String(64), nullable=False, unique=True),
+    Column("series_fk", ForeignKey("series.id"), nullable=False, index=True),
+    Column("study_fk", ForeignKey("studies.id"), nullable=False, index=True),
+    Column("sop_class_uid", String(64), nullable=False, index=True),
+    Column("instance_number", Integer),
+    Column("rows", Integer),
+    Column("columns", Integer),
+    Column("bits_allocated", Integer),
+    Column("number_of_frames", Integer),
+    Column("transfer_syntax", String(64), nullable=False),
+    # Where the Pixel Data value starts in the stored object, and its length
+    # (None when undefined, i.e. encapsulated): frames are served by ranged reads.
+    Column("pixel_offset", BigInteger),
+    Column("pixel_length", BigInteger),
+    Column("header", HeaderJSON, nullable=False),
+    Column("object_fk", ForeignKey("objects.id"), nullable=False),
+    _created(),
+)
+
+objects = Table(
+    "objects",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("sop_uid", String(64), nullable=False, index=True),
+    Column("store", Text, nullable=False),
+    Column("key", Text, nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("tier", String(16), nullable=False, server_default="hot"),
+    # current: served for its instance; superseded: an older version kept by policy.
+    Column("state", String(16), nullable=False, server_default="current"),
+    _created(),
+)
+
+# The outbox: one row per change, written in the transaction of the change itself.
+# Its sequence numbers are the order in which consumers see changes.
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("series_uid", String(64)),
+    Column("sop_uid", String(64)),
+    Column("payload", HeaderJSON),
+    _created(),
+)

@@ -1,0 +1,299 @@
+"""The one ingest function: every door (STOW-RS, C-STORE, import, ...) calls `Ingestor.ingest`.
+
+Order (DESIGN principle 2): validate -> write the object (fsync'd, checksummed)
+-> commit the index rows and an `instance.stored` event in one transaction.
+If the commit fails, the new object is deleted; if the process dies between the
+two, the object is an orphan that the reconciler adopts, never an index row
+pointing at nothing.
+
+Idempotent on SOP Instance UID: the same bytes again are a success that writes
+nothing; different bytes follow `Settings.duplicate_policy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, BinaryIO
+
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from dicomvault.config import DuplicatePolicy
+from dicomvault.errors import DuplicateConflict, StudyMismatch
+from dicomvault.index.db import Database
+from dicomvault.index.schema import events, instances, objects, patients, series, studies
+from dicomvault.index.upsert import insert_ignore
+from dicomvault.parsing import Header, Layout, parse_header, read_layout
+from dicomvault.storage import ObjectStore, new_key
+from dicomvault.storage.base import CHUNK_SIZE
+
+__all__ = ["IngestResult", "Ingestor", "Outcome"]
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    STORED = "stored"  # a new instance
+    DUPLICATE = "duplicate"  # identical bytes were already stored: nothing written
+    REPLACED = "replaced"  # different bytes replaced the old ones (policy: overwrite)
+    VERSIONED = "versioned"  # different bytes became the current version (keep-versions)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: Outcome
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    size: int
+    sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Existing:
+    instance_id: int
+    object_id: int
+    key: str
+    sha256: str
+    study_uid: str
+    series_uid: str
+
+
+def normalized_chunks(fp: BinaryIO) -> Iterator[bytes]:
+    """The file as stored: the 128-byte preamble zeroed (no polyglot files), the rest as is."""
+    fp.seek(128)
+    yield bytes(128)
+    while chunk := fp.read(CHUNK_SIZE):
+        yield chunk
+
+
+def _sha256(fp: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in normalized_chunks(fp):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Ingestor:
+    """Validates, stores and indexes instances. Safe to call from many threads at once."""
+
+    def __init__(
+        self, db: Database, store: ObjectStore, policy: DuplicatePolicy = DuplicatePolicy.REJECT
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy
+
+    def ingest(self, fp: BinaryIO, *, expected_study_uid: str | None = None) -> IngestResult:
+        """Store one Part 10 instance read from the seekable file `fp`.
+
+        Raises InvalidInstance (nothing stored), StudyMismatch, DuplicateConflict,
+        or StorageError / database errors (nothing indexed; retry later).
+        """
+        layout = read_layout(fp)
+        header = parse_header(fp, layout)
+        if expected_study_uid is not None and header.study_uid != expected_study_uid:
+            raise StudyMismatch(
+                f"instance {header.sop_uid} belongs to study {header.study_uid}, "
+                f"not {expected_study_uid}"
+            )
+        for _attempt in range(3):
+            existing = self._existing(header.sop_uid)
+            if existing is not None:
+                sha = _sha256(fp)
+                if sha == existing.sha256:
+                    return self._result(Outcome.DUPLICATE, header, layout.size, sha)
+                self._check_replaceable(existing, header)
+            try:
+                return self._store_new(fp, layout, header, existing)
+            except _LostRace:
+                continue  # another writer stored this UID meanwhile: decide again
+        raise DuplicateConflict(f"instance {header.sop_uid} is being written concurrently")
+
+    def _result(self, outcome: Outcome, header: Header, size: int, sha: str) -> IngestResult:
+        return IngestResult(
+            outcome=outcome,
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_uid=header.sop_uid,
+            sop_class_uid=header.sop_class_uid,
+            size=size,
+            sha256=sha,
+        )
+
+    def _check_replaceable(self, existing: _Existing, header: Header) -> None:
+        if self.policy is DuplicatePolicy.REJECT:
+            raise DuplicateConflict(
+                f"SOP Instance UID {header.sop_uid} is already stored with different content"
+            )
+        if (existing.study_uid, existing.series_uid) != (header.study_uid, header.series_uid):
+            raise DuplicateConflict(
+                f"SOP Instance UID {header.sop_uid} is stored in study {existing.study_uid} "
+                f"series {existing.series_uid}; a new version may not move it"
+            )
+
+    def _existing(self, sop_uid: str) -> _Existing | None:
+        query = (
+            select(
+                instances.c.id,
+                objects.c.id,
+                objects.c.key,
+                objects.c.sha256,
+                studies.c.study_uid,
+                series.c.series_uid,
+            )
+            .join(objects, objects.c.id == instances.c.object_fk)
+            .join(series, series.c.id == instances.c.series_fk)
+            .join(studies, studies.c.id == instances.c.study_fk)
+            .where(instances.c.sop_uid == sop_uid)
+        )
+        with self.db.read() as conn:
+            row = conn.execute(query).first()
+        return _Existing(*row) if row else None
+
+    def _store_new(
+        self, fp: BinaryIO, layout: Layout, header: Header, existing: _Existing | None
+    ) -> IngestResult:
+        put = self.store.put(new_key(), normalized_chunks(fp))
+        try:
+            with self.db.write() as conn:
+                outcome = self._index(conn, header, put.key, put.size, put.sha256, existing)
+        except BaseException:
+            self.store.delete(put.key)
+            raise
+        if outcome is Outcome.REPLACED and existing is not None:
+            self.store.delete(existing.key)
+        return self._result(outcome, header, put.size, put.sha256)
+
+    def _index(
+        self,
+        conn: Connection,
+        header: Header,
+        key: str,
+        size: int,
+        sha: str,
+        existing: _Existing | None,
+    ) -> Outcome:
+        object_id = conn.execute(
+            objects.insert()
+            .values(sop_uid=header.sop_uid, store=self.store.url, key=key, size=size, sha256=sha)
+            .returning(objects.c.id)
+        ).scalar_one()
+        if existing is not None:
+            return self._replace(conn, header, object_id, existing)
+
+        patient_id = _get_or_create(
+            conn,
+            patients,
+            {"patient_id": header.patient["patient_id"], "issuer": header.patient["issuer"]},
+            header.patient,
+        )[0]
+        study_id, _ = _get_or_create(
+            conn,
+            studies,
+            {"study_uid": header.study_uid},
+            {**header.study, "patient_fk": patient_id},
+        )
+        series_id, new_series = _get_or_create(
+            conn,
+            series,
+            {"series_uid": header.series_uid},
+            {**header.series, "study_fk": study_id},
+        )
+        if not new_series:
+            owner = conn.execute(
+                select(series.c.study_fk).where(series.c.id == series_id)
+            ).scalar_one()
+            if owner != study_id:
+                raise StudyMismatch(
+                    f"series {header.series_uid} is already stored in another study"
+                )
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    instances.insert().values(
+                        sop_uid=header.sop_uid,
+                        series_fk=series_id,
+                        study_fk=study_id,
+                        header=header.json,
+                        object_fk=object_id,
+                        **header.instance,
+                    )
+                )
+        except IntegrityError as exc:
+            raise _LostRace from exc
+        conn.execute(
+            update(studies)
+            .where(studies.c.id == study_id)
+            .values(
+                num_instances=studies.c.num_instances + 1,
+                num_series=studies.c.num_series + (1 if new_series else 0),
+                updated_at=func.now(),
+            )
+        )
+        conn.execute(
+            update(series)
+            .where(series.c.id == series_id)
+            .values(num_instances=series.c.num_instances + 1)
+        )
+        self._event(conn, "instance.stored", header, size)
+        return Outcome.STORED
+
+    def _replace(
+        self, conn: Connection, header: Header, object_id: int, existing: _Existing
+    ) -> Outcome:
+        changed = conn.execute(
+            update(instances)
+            .where(instances.c.id == existing.instance_id)
+            .where(instances.c.object_fk == existing.object_id)
+            .values(header=header.json, object_fk=object_id, **header.instance)
+        ).rowcount
+        if changed != 1:
+            raise _LostRace
+        if self.policy is DuplicatePolicy.KEEP_VERSIONS:
+            conn.execute(
+                update(objects).where(objects.c.id == existing.object_id).values(state="superseded")
+            )
+            outcome = Outcome.VERSIONED
+        else:
+            conn.execute(objects.delete().where(objects.c.id == existing.object_id))
+            outcome = Outcome.REPLACED
+        self._event(conn, "instance.updated", header, None)
+        return outcome
+
+    def _event(self, conn: Connection, kind: str, header: Header, size: int | None) -> None:
+        payload: dict[str, Any] = {"sop_class_uid": header.sop_class_uid}
+        if size is not None:
+            payload["size"] = size
+        conn.execute(
+            events.insert().values(
+                kind=kind,
+                study_uid=header.study_uid,
+                series_uid=header.series_uid,
+                sop_uid=header.sop_uid,
+                payload=payload,
+            )
+        )
+
+
+class _LostRace(Exception):
+    """Another writer committed the same SOP Instance UID first."""
+
+
+def _get_or_create(
+    conn: Connection, table: Any, key: dict[str, Any], values: dict[str, Any]
+) -> tuple[int, bool]:
+    """The id of the row matching `key`, inserting it with `values` if absent; True if new."""
+    new_id = conn.execute(
+        insert_ignore(conn, table, list(key)).values({**values, **key}).returning(table.c.id)
+    ).scalar()
+    if new_id is not None:
+        return int(new_id), True
+    where = [table.c[name] == value for name, value in key.items()]
+    return int(conn.execute(select(table.c.id).where(*where)).scalar_one()), False

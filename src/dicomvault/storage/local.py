@@ -1,0 +1,105 @@
+"""Objects as files under a directory: atomic create (temp + fsync + link) and ranged reads."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from dicomvault.errors import ObjectNotFound, StorageError
+from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult
+
+__all__ = ["LocalStore"]
+
+_TMP = ".tmp"
+
+
+class LocalStore:
+    """A directory of immutable objects; keys are relative paths below `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.url = self.root.as_uri()
+        (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith(("/", _TMP)) or ".." in key.split("/"):
+            raise StorageError(f"unsafe object key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
+        reader = HashingReader(chunks)
+        try:
+            with open(tmp, "xb") as out:
+                for chunk in reader:
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            # link() refuses to replace an existing key, which rename() would do silently.
+            os.link(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+        return PutResult(key=key, size=reader.size, sha256=reader.hexdigest())
+
+    def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object {key}") from exc
+        return _iter_file(handle, start, end)
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object {key}") from exc
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(f"no object {key}") from exc
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [name for name in dirnames if name != _TMP]
+            for name in filenames:
+                path = Path(dirpath) / name
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key=key, size=path.stat().st_size)
+
+
+def _iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    with handle as f:
+        f.seek(start)
+        remaining = None if end is None else max(0, end - start)
+        while remaining is None or remaining > 0:
+            size = CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining)
+            chunk = f.read(size)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
