@@ -107,7 +107,7 @@ def dataset(
     ds.PixelData = ct_image(size, seed, frames).tobytes()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
 
