@@ -85,7 +85,6 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed to call DICOMweb from a browser."
     )
     import_workers: int = Field(default=4, ge=1, le=64, description="Parallel bulk imports.")
-    http_workers: int = Field(default=1, ge=1, le=64, description="HTTP server processes.")
 
     @field_validator("database_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod

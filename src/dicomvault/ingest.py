@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -65,7 +65,7 @@ class _Existing:
     series_uid: str
 
 
-def normalized_chunks(fp: BinaryIO) -> Iterator[bytes]:
+def normalized_chunks(fp: IO[bytes]) -> Iterator[bytes]:
     """The file as stored: the 128-byte preamble zeroed (no polyglot files), the rest as is."""
     fp.seek(128)
     yield bytes(128)
@@ -73,7 +73,7 @@ def normalized_chunks(fp: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _sha256(fp: BinaryIO) -> str:
+def _sha256(fp: IO[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in normalized_chunks(fp):
         digest.update(chunk)
@@ -90,7 +90,7 @@ class Ingestor:
         self.store = store
         self.policy = policy
 
-    def ingest(self, fp: BinaryIO, *, expected_study_uid: str | None = None) -> IngestResult:
+    def ingest(self, fp: IO[bytes], *, expected_study_uid: str | None = None) -> IngestResult:
         """Store one Part 10 instance read from the seekable file `fp`.
 
         Raises InvalidInstance (nothing stored), StudyMismatch, DuplicateConflict,
@@ -158,7 +158,7 @@ class Ingestor:
         return _Existing(*row) if row else None
 
     def _store_new(
-        self, fp: BinaryIO, layout: Layout, header: Header, existing: _Existing | None
+        self, fp: IO[bytes], layout: Layout, header: Header, existing: _Existing | None
     ) -> IngestResult:
         put = self.store.put(new_key(), normalized_chunks(fp))
         try:

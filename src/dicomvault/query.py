@@ -172,9 +172,7 @@ def search(
     level = request.level
     warnings: list[str] = []
     conditions: list[Any] = []
-    returned: dict[str, Attribute] = {
-        a.tag: a for a in ATTRIBUTES if rank(a.level) <= rank(level)
-    }
+    returned: dict[str, Attribute] = {a.tag: a for a in ATTRIBUTES if rank(a.level) <= rank(level)}
     header_tags: set[str] = set()
     if request.study_uid is not None:
         conditions.append(studies.c.study_uid == request.study_uid)

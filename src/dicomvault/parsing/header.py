@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import pydicom
 from pydicom import config as pydicom_config
@@ -105,7 +105,7 @@ def _native_pixel_bytes(ds: Dataset) -> int | None:
     return rows * cols * spp * frames * (bits // 8)
 
 
-def parse_header(fp: BinaryIO, layout: Layout) -> Header:
+def parse_header(fp: IO[bytes], layout: Layout) -> Header:
     """Parse the header of a structurally valid file; InvalidInstance on bad content."""
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     fp.seek(0)

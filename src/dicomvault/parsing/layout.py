@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO
+from typing import IO
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import (
@@ -55,7 +55,7 @@ class Layout:
 
 
 class _Walker:
-    def __init__(self, fp: BinaryIO, size: int, explicit: bool, little: bool) -> None:
+    def __init__(self, fp: IO[bytes], size: int, explicit: bool, little: bool) -> None:
         self.fp = fp
         self.size = size
         self.explicit = explicit
@@ -184,7 +184,7 @@ class _Walker:
             self.fp.seek(item_len, 1)
 
 
-def _read_meta(fp: BinaryIO, size: int) -> tuple[str, str | None, int]:
+def _read_meta(fp: IO[bytes], size: int) -> tuple[str, str | None, int]:
     fp.seek(0)
     head = fp.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
@@ -210,12 +210,12 @@ def _read_meta(fp: BinaryIO, size: int) -> tuple[str, str | None, int]:
     return ts, media, fp.tell()
 
 
-def read_layout(fp: BinaryIO) -> Layout:
+def read_layout(fp: IO[bytes]) -> Layout:
     """Validate the structure of the Part 10 file in `fp` and say where its parts are."""
     fp.seek(0, 2)
     size = fp.tell()
     ts, media_uid, dataset_offset = _read_meta(fp, size)
-    target: BinaryIO = fp
+    target: IO[bytes] = fp
     target_size = size
     seekable_pixels = True
     if ts == DeflatedExplicitVRLittleEndian:
@@ -244,7 +244,7 @@ def read_layout(fp: BinaryIO) -> Layout:
     )
 
 
-def _inflate(fp: BinaryIO) -> bytes:
+def _inflate(fp: IO[bytes]) -> bytes:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     out = bytearray()
     try:

@@ -1,0 +1,1 @@
+"""The `dicomvault` command line: one module per command group."""

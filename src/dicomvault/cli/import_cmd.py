@@ -1,0 +1,89 @@
+"""`dicomvault import`: bulk-load folders and zip files, in parallel, with a progress bar."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from dicomvault.archive import Archive
+from dicomvault.bulk_import import ImportResult, ImportStatus, find_sources, import_source
+from dicomvault.cli.common import ConfigOption, DataDirOption, console, err_console, settings_from
+
+__all__ = ["import_files"]
+
+_PROBLEMS = (ImportStatus.INVALID, ImportStatus.CONFLICT, ImportStatus.FAILED)
+
+
+def import_files(
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or zip archives.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Parallel ingests.")
+    ] = None,
+    show_problems: Annotated[int, typer.Option(help="How many problem files to list.")] = 20,
+) -> None:
+    """Import DICOM files. Re-running is safe: stored instances are recognised and skipped.
+
+    Exit status: 0 when every DICOM file is stored (non-DICOM files are only
+    reported), 1 when some were invalid or could not be stored.
+    """
+    settings = settings_from(config, data_dir=data_dir, import_workers=workers)
+    try:
+        sources = list(find_sources(paths, max_member_bytes=settings.max_request_bytes))
+    except FileNotFoundError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    archive = Archive.open(settings)
+    counts: Counter[ImportStatus] = Counter()
+    problems: list[ImportResult] = []
+    total_bytes = sum(s.size for s in sources)
+    columns = (
+        TextColumn("[bold]importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with (
+            Progress(*columns, console=console, transient=False) as progress,
+            ThreadPoolExecutor(settings.import_workers) as pool,
+        ):
+            task = progress.add_task("import", total=len(sources))
+            bytes_task = progress.add_task("bytes", total=total_bytes, visible=False)
+            for result in pool.map(lambda s: import_source(archive.ingestor, s), sources):
+                counts[result.status] += 1
+                if result.status in _PROBLEMS:
+                    problems.append(result)
+                progress.advance(task)
+                progress.advance(bytes_task, result.size)
+    finally:
+        archive.close()
+
+    table = Table(title="import summary")
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    for status in ImportStatus:
+        if counts[status]:
+            table.add_row(status.value, str(counts[status]))
+    console.print(table)
+    for problem in problems[:show_problems]:
+        console.print(f"[yellow]{problem.status.value}[/yellow] {problem.source}: {problem.detail}")
+    if len(problems) > show_problems:
+        console.print(f"... and {len(problems) - show_problems} more")
+    if problems:
+        raise typer.Exit(1)

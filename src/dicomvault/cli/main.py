@@ -1,0 +1,34 @@
+"""Entry point of the `dicomvault` command."""
+
+from __future__ import annotations
+
+import typer
+
+from dicomvault import __version__
+from dicomvault.cli.admin import config_app, db_app
+from dicomvault.cli.import_cmd import import_files
+from dicomvault.cli.serve import serve
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="dicomvault",
+    help="A DICOM archive: DICOMweb over object storage (local directory or S3) and an index "
+    "(SQLite or PostgreSQL).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("serve")(serve)
+app.command("import")(import_files)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+
+@app.command("version")
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

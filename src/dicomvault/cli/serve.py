@@ -1,0 +1,48 @@
+"""`dicomvault serve`: the HTTP server (DICOMweb) on the archive."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from dicomvault.archive import Archive
+from dicomvault.cli.common import ConfigOption, DataDirOption, console, settings_from
+from dicomvault.dicomweb.app import create_app
+
+__all__ = ["serve"]
+
+
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to bind (DICOMVAULT_HOST).")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help="HTTP port (DICOMVAULT_HTTP_PORT).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the archive: DICOMweb at http://HOST:PORT/dicom-web."""
+    settings = settings_from(config, data_dir=data_dir, host=host, http_port=http_port)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    archive = Archive.open(settings)
+    console.print(
+        f"dicomvault: index {settings.masked()['database_url']}, objects {archive.store.url}"
+    )
+    console.print(f"DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web")
+    try:
+        uvicorn.run(
+            create_app(archive),
+            host=settings.host,
+            port=settings.http_port,
+            log_level=log_level,
+            access_log=log_level == "debug",
+        )
+    finally:
+        archive.close()

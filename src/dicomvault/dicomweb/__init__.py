@@ -1,0 +1,1 @@
+"""The DICOMweb door: STOW-RS, QIDO-RS and WADO-RS routes over the archive's services."""

@@ -1,0 +1,79 @@
+"""The HTTP application: DICOMweb under /dicom-web, plus health and service info.
+
+Errors raised by services become JSON bodies with the matching status code here,
+in one place, so every route answers bad input the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from dicomvault import __version__
+from dicomvault.archive import Archive
+from dicomvault.dicomweb import qido, stow, wado
+from dicomvault.errors import (
+    DicomVaultError,
+    DuplicateConflict,
+    InvalidInstance,
+    InvalidQuery,
+    NotAcceptable,
+    NotFound,
+    StorageError,
+    StudyMismatch,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_STATUS: tuple[tuple[type[DicomVaultError], int], ...] = (
+    (NotFound, 404),
+    (InvalidQuery, 400),
+    (InvalidInstance, 400),
+    (NotAcceptable, 406),
+    (DuplicateConflict, 409),
+    (StudyMismatch, 409),
+    (StorageError, 503),
+)
+
+
+def create_app(archive: Archive) -> FastAPI:
+    app = FastAPI(
+        title="dicomvault",
+        version=__version__,
+        description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) over object storage.",
+    )
+    app.state.archive = archive
+    if archive.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=archive.settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Warning", "Content-Type", "Content-Length"],
+        )
+
+    @app.exception_handler(DicomVaultError)
+    async def _service_error(_request: Request, exc: DicomVaultError) -> JSONResponse:
+        for kind, status in _STATUS:
+            if isinstance(exc, kind):
+                if status >= 500:
+                    log.error("%s: %s", type(exc).__name__, exc)
+                return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse({"error": str(exc)}, status_code=500)
+
+    @app.get("/dicom-web", name="dicomweb_root", include_in_schema=False)
+    async def dicomweb_root() -> dict[str, str]:
+        return {"service": "DICOMweb", "version": __version__}
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in (stow.router, qido.router, wado.router):
+        app.include_router(router, prefix="/dicom-web")
+    return app

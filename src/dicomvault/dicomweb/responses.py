@@ -1,0 +1,34 @@
+"""Response helpers shared by the DICOMweb routes: DICOM JSON bodies, gzip, the root URL."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+__all__ = ["DICOM_JSON", "dicom_json_response", "json_text_response", "root_url"]
+
+DICOM_JSON = "application/dicom+json"
+GZIP_MIN_BYTES = 1024
+
+
+def root_url(request: Request) -> str:
+    """The absolute DICOMweb root (`.../dicom-web`) as the client reached it."""
+    return str(request.url_for("dicomweb_root")).rstrip("/")
+
+
+def json_text_response(text: str, request: Request, status_code: int = 200) -> Response:
+    """A DICOM JSON body, gzip-compressed when the client accepts it and it is worth it."""
+    body = text.encode()
+    headers = {"Vary": "Accept-Encoding"}
+    if len(body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=5)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status_code=status_code, media_type=DICOM_JSON, headers=headers)
+
+
+def dicom_json_response(value: Any, request: Request, status_code: int = 200) -> Response:
+    return json_text_response(json.dumps(value, separators=(",", ":")), request, status_code)

@@ -1,0 +1,131 @@
+"""Fixtures: every archive-level test runs on both backend pairs.
+
+    sqlite   SQLite file + local directory (the embedded defaults)
+    postgres PostgreSQL (a throw-away server) + S3 (a moto server on loopback)
+
+DICOMVAULT_TEST_BACKENDS=sqlite limits a local run to the embedded pair; CI runs both.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from sqlalchemy import text
+
+from dicomvault.archive import Archive
+from dicomvault.config import Settings
+from dicomvault.index.db import Database
+from dicomvault.index.schema import metadata
+from tests.support.live import running_server
+from tests.support.postgres import TempPostgres, find_bin
+
+S3_KEY = "testing"
+S3_SECRET = "testing-secret"
+BACKENDS = [
+    b.strip() for b in os.environ.get("DICOMVAULT_TEST_BACKENDS", "sqlite,postgres").split(",")
+]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    existing = os.environ.get("DICOMVAULT_TEST_DATABASE_URL")
+    if existing:
+        yield existing
+        return
+    bindir = find_bin()
+    if bindir is None:
+        pytest.fail(
+            "PostgreSQL is not installed: install Debian's `postgresql` package, set "
+            "DICOMVAULT_TEST_DATABASE_URL, or run with DICOMVAULT_TEST_BACKENDS=sqlite"
+        )
+    server = TempPostgres(bindir)
+    url = server.start()
+    try:
+        db = Database(url)
+        from dicomvault.index import migrate
+
+        migrate.upgrade(db)
+        db.dispose()
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    existing = os.environ.get("DICOMVAULT_TEST_S3_ENDPOINT")
+    if existing:
+        yield existing
+        return
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _clean_postgres(url: str) -> None:
+    db = Database(url)
+    try:
+        with db.write() as conn:
+            names = ", ".join(t.name for t in metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings for a fresh, empty archive on the backend pair under test."""
+    if backend == "sqlite":
+        yield Settings(data_dir=tmp_path / "data")
+        return
+    pg_url: str = request.getfixturevalue("postgres_url")
+    endpoint: str = request.getfixturevalue("s3_endpoint")
+    bucket = f"test-{secrets.token_hex(6)}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+    ).create_bucket(Bucket=bucket)
+    _clean_postgres(pg_url)
+    yield Settings(
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        storage_url=f"s3://{bucket}/archive",
+        s3_endpoint_url=endpoint,
+        s3_access_key_id=S3_KEY,
+        s3_secret_access_key=S3_SECRET,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def archive(settings: Settings) -> Iterator[Archive]:
+    opened = Archive.open(settings)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def server(archive: Archive) -> Iterator[str]:
+    """Base URL of a live uvicorn server on the archive (DICOMweb at /dicom-web)."""
+    with running_server(archive) as url:
+        yield url

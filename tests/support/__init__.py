@@ -1,0 +1,1 @@
+"""Test helpers: real backends (PostgreSQL, an S3 endpoint) and a live server."""

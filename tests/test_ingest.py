@@ -1,0 +1,159 @@
+"""The one ingest function, on both backend pairs."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from dicomvault.archive import Archive
+from dicomvault.config import DuplicatePolicy, Settings
+from dicomvault.errors import DuplicateConflict, StudyMismatch
+from dicomvault.index.schema import events, instances, objects, studies
+from dicomvault.ingest import Outcome
+from dicomvault.synthetic import dataset, instance_bytes, to_bytes, uid
+
+
+def _count(archive: Archive, table: object) -> int:
+    with archive.db.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+def _one(name: str, **kwargs: object) -> bytes:
+    return instance_bytes(
+        study_uid=uid(f"{name}/st"),
+        series_uid=uid(f"{name}/se"),
+        sop_uid=uid(f"{name}/i"),
+        **kwargs,
+    )
+
+
+def test_stores_object_index_rows_and_event(archive: Archive) -> None:
+    data = _one("a")
+    result = archive.ingestor.ingest(BytesIO(data))
+    assert result.outcome is Outcome.STORED
+    assert _count(archive, instances) == 1
+    with archive.db.read() as conn:
+        key, sha = conn.execute(select(objects.c.key, objects.c.sha256)).one()
+        kinds = conn.execute(select(events.c.kind)).scalars().all()
+    stored = b"".join(archive.store.iter_bytes(key))
+    assert stored[:128] == bytes(128)
+    assert stored[128:] == data[128:]
+    assert hashlib.sha256(stored).hexdigest() == sha == result.sha256
+    assert kinds == ["instance.stored"]
+
+
+def test_preamble_is_zeroed(archive: Archive) -> None:
+    data = bytearray(_one("pre"))
+    data[:128] = b"MZ" + b"\xff" * 126  # a polyglot executable header
+    archive.ingestor.ingest(BytesIO(bytes(data)))
+    with archive.db.read() as conn:
+        key = conn.execute(select(objects.c.key)).scalar_one()
+    assert archive.store.read_range(key, 0, 132) == bytes(128) + b"DICM"
+
+
+def test_same_bytes_again_is_a_no_op_success(archive: Archive) -> None:
+    data = _one("dup")
+    archive.ingestor.ingest(BytesIO(data))
+    again = archive.ingestor.ingest(BytesIO(data))
+    assert again.outcome is Outcome.DUPLICATE
+    assert _count(archive, objects) == 1
+    assert len(list(archive.store.list())) == 1
+    assert _count(archive, events) == 1
+
+
+def test_different_bytes_same_uid_rejected_by_default(archive: Archive) -> None:
+    archive.ingestor.ingest(BytesIO(_one("conf", seed=1)))
+    with pytest.raises(DuplicateConflict, match="already stored with different content"):
+        archive.ingestor.ingest(BytesIO(_one("conf", seed=2)))
+    assert _count(archive, objects) == 1
+    assert len(list(archive.store.list())) == 1
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome", "objects_left"),
+    [
+        (DuplicatePolicy.OVERWRITE, Outcome.REPLACED, 1),
+        (DuplicatePolicy.KEEP_VERSIONS, Outcome.VERSIONED, 2),
+    ],
+)
+def test_replacement_policies(
+    settings: Settings, policy: DuplicatePolicy, outcome: Outcome, objects_left: int
+) -> None:
+    archive = Archive.open(settings.model_copy(update={"duplicate_policy": policy}))
+    try:
+        archive.ingestor.ingest(BytesIO(_one("pol", seed=1)))
+        second = _one("pol", seed=2)
+        result = archive.ingestor.ingest(BytesIO(second))
+        assert result.outcome is outcome
+        assert _count(archive, objects) == objects_left
+        assert len(list(archive.store.list())) == objects_left
+        assert _count(archive, instances) == 1
+        with archive.db.read() as conn:
+            key = conn.execute(
+                select(objects.c.key).join(instances, instances.c.object_fk == objects.c.id)
+            ).scalar_one()
+            count = conn.execute(select(studies.c.num_instances)).scalar_one()
+        assert b"".join(archive.store.iter_bytes(key))[128:] == second[128:]
+        assert count == 1
+    finally:
+        archive.close()
+
+
+def test_study_mismatch_stores_nothing(archive: Archive) -> None:
+    with pytest.raises(StudyMismatch):
+        archive.ingestor.ingest(BytesIO(_one("mm")), expected_study_uid="1.2.3")
+    assert _count(archive, instances) == 0
+    assert list(archive.store.list()) == []
+
+
+def test_counters_and_levels(archive: Archive) -> None:
+    study = uid("cnt/st")
+    for s in range(2):
+        for i in range(3):
+            archive.ingestor.ingest(
+                BytesIO(
+                    instance_bytes(
+                        study_uid=study, series_uid=uid(f"cnt/se{s}"), sop_uid=uid(f"cnt/{s}/{i}")
+                    )
+                )
+            )
+    with archive.db.read() as conn:
+        row = conn.execute(select(studies.c.num_series, studies.c.num_instances)).one()
+    assert tuple(row) == (2, 6)
+
+
+def test_concurrent_ingest_of_the_same_instance_stores_it_once(archive: Archive) -> None:
+    data = _one("race")
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: archive.ingestor.ingest(BytesIO(data)), range(6)))
+    assert sorted(r.outcome for r in results).count(Outcome.STORED) == 1
+    assert _count(archive, objects) == 1
+    assert len(list(archive.store.list())) == 1
+
+
+def test_header_json_has_bulk_data_uri_and_attributes(archive: Archive) -> None:
+    archive.ingestor.ingest(BytesIO(_one("json")))
+    with archive.db.read() as conn:
+        header = conn.execute(select(instances.c.header)).scalar_one()
+    assert header["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}
+    assert header["7FE00010"]["BulkDataURI"].endswith("/bulkdata/7FE00010")
+    assert header["7FE00010"]["BulkDataURI"].startswith("studies/")
+
+
+def test_implicit_vr_and_nested_sequences(archive: Archive) -> None:
+    ds = dataset(study_uid=uid("imp/st"), series_uid=uid("imp/se"), sop_uid=uid("imp/i"))
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    ds.ReferencedImageSequence = [item]
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    result = archive.ingestor.ingest(BytesIO(to_bytes(ds)))
+    assert result.outcome is Outcome.STORED
+    with archive.db.read() as conn:
+        header = conn.execute(select(instances.c.header)).scalar_one()
+    assert header["00081140"]["Value"][0]["00081155"]["Value"] == ["1.2.3.4"]
