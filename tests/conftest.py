@@ -9,11 +9,9 @@ DICOMVAULT_TEST_BACKENDS=sqlite limits a local run to the embedded pair; CI runs
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 from sqlalchemy import text
 
@@ -23,9 +21,8 @@ from dicomvault.index.db import Database
 from dicomvault.index.schema import metadata
 from tests.support.live import running_server
 from tests.support.postgres import TempPostgres, find_bin
+from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
-S3_KEY = "testing"
-S3_SECRET = "testing-secret"
 BACKENDS = [
     b.strip() for b in os.environ.get("DICOMVAULT_TEST_BACKENDS", "sqlite,postgres").split(",")
 ]
@@ -96,14 +93,7 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> It
         return
     pg_url: str = request.getfixturevalue("postgres_url")
     endpoint: str = request.getfixturevalue("s3_endpoint")
-    bucket = f"test-{secrets.token_hex(6)}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-    ).create_bucket(Bucket=bucket)
+    bucket = new_bucket(endpoint)
     _clean_postgres(pg_url)
     yield Settings(
         data_dir=tmp_path / "data",

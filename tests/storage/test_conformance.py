@@ -7,13 +7,12 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 
 from dicomvault.errors import ChecksumMismatch, ObjectNotFound, StorageError
 from dicomvault.storage import LocalStore, MemoryStore, ObjectStore, new_key, verified
 from dicomvault.storage.s3 import S3Store
-from tests.conftest import S3_KEY, S3_SECRET
+from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -24,14 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
         yield MemoryStore()
     else:
         endpoint: str = request.getfixturevalue("s3_endpoint")
-        bucket = f"conf-{secrets.token_hex(6)}"
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=S3_KEY,
-            aws_secret_access_key=S3_SECRET,
-        ).create_bucket(Bucket=bucket)
+        bucket = new_bucket(endpoint, "conf")
         yield S3Store(
             bucket, "p", endpoint_url=endpoint, access_key_id=S3_KEY, secret_access_key=S3_SECRET
         )

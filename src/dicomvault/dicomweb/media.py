@@ -20,15 +20,15 @@ class MediaRange:
         return self.type == f"{major}/*"
 
 
-def _split_params(text: str) -> list[str]:
-    """Split on ';' outside double quotes."""
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    """Split on `separator` where it is not inside double quotes."""
     out: list[str] = []
     current: list[str] = []
     quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted
-        if ch == ";" and not quoted:
+        if ch == separator and not quoted:
             out.append("".join(current))
             current = []
         else:
@@ -38,7 +38,7 @@ def _split_params(text: str) -> list[str]:
 
 
 def parse_media_type(value: str) -> MediaRange:
-    pieces = _split_params(value)
+    pieces = _split_unquoted(value, ";")
     params: dict[str, str] = {}
     q = 1.0
     for piece in pieces[1:]:
@@ -55,25 +55,10 @@ def parse_media_type(value: str) -> MediaRange:
     return MediaRange(type=pieces[0].strip().lower(), params=params, q=q)
 
 
-def _split_accept(header: str) -> list[str]:
-    out: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in header:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    out.append("".join(current))
-    return [piece for piece in out if piece.strip()]
-
-
 def parse_accept(header: str | None) -> list[MediaRange]:
     """Accept header ranges, best first; `*/*` when the header is absent or empty."""
     if not header or not header.strip():
         return [MediaRange("*/*")]
-    ranges = [parse_media_type(piece) for piece in _split_accept(header)]
+    pieces = [p for p in _split_unquoted(header, ",") if p.strip()]
+    ranges = [parse_media_type(piece) for piece in pieces]
     return sorted((r for r in ranges if r.q > 0), key=lambda r: -r.q)
