@@ -86,4 +86,4 @@ def test_serve_embedded_defaults_store_find_fetch(served: tuple[str, Path]) -> N
     assert fetched[0].pixel_array.shape == (64, 64)
     # The embedded defaults: SQLite and objects under the data directory.
     assert (data_dir / "index.sqlite3").is_file()
-    assert len([p for p in (data_dir / "objects").rglob("*.dcm")]) == 4
+    assert len(list((data_dir / "objects").rglob("*.dcm"))) == 4
