@@ -188,45 +188,21 @@ class Ingestor:
         if existing is not None:
             return self._replace(conn, header, object_id, existing)
 
-        patient_id = _get_or_create(
-            conn,
-            patients,
-            {"patient_id": header.patient["patient_id"], "issuer": header.patient["issuer"]},
-            header.patient,
-        )[0]
-        study_id, _ = _get_or_create(
-            conn,
-            studies,
-            {"study_uid": header.study_uid},
-            {**header.study, "patient_fk": patient_id},
-        )
-        series_id, new_series = _get_or_create(
-            conn,
-            series,
-            {"series_uid": header.series_uid},
-            {**header.series, "study_fk": study_id},
-        )
-        if not new_series:
-            owner = conn.execute(
-                select(series.c.study_fk).where(series.c.id == series_id)
-            ).scalar_one()
-            if owner != study_id:
-                raise StudyMismatch(
-                    f"series {header.series_uid} is already stored in another study"
-                )
+        study_id, series_id, new_series = self._levels(conn, header)
         try:
-            with conn.begin_nested():
-                conn.execute(
-                    instances.insert().values(
-                        sop_uid=header.sop_uid,
-                        series_fk=series_id,
-                        study_fk=study_id,
-                        header=header.json,
-                        object_fk=object_id,
-                        **header.instance,
-                    )
+            conn.execute(
+                instances.insert().values(
+                    sop_uid=header.sop_uid,
+                    series_fk=series_id,
+                    study_fk=study_id,
+                    header=header.json,
+                    object_fk=object_id,
+                    **header.instance,
                 )
+            )
         except IntegrityError as exc:
+            # The whole transaction rolls back and the new object is deleted by the
+            # caller; `ingest` then decides again against the winner's row.
             raise _LostRace from exc
         conn.execute(
             update(studies)
@@ -244,6 +220,46 @@ class Ingestor:
         )
         self._event(conn, "instance.stored", header, size)
         return Outcome.STORED
+
+    def _levels(self, conn: Connection, header: Header) -> tuple[int, int, bool]:
+        """Study and series row ids for the instance, creating rows as needed.
+
+        The common case (more instances of a series already indexed) is one SELECT;
+        only a new series or study pays for the insert-or-select of each level.
+        """
+        known = conn.execute(
+            select(series.c.study_fk, series.c.id, studies.c.study_uid)
+            .join(studies, studies.c.id == series.c.study_fk)
+            .where(series.c.series_uid == header.series_uid)
+        ).first()
+        if known is not None:
+            if known.study_uid != header.study_uid:
+                raise StudyMismatch(
+                    f"series {header.series_uid} is already stored in study {known.study_uid}"
+                )
+            return int(known.study_fk), int(known.id), False
+        patient_id = _get_or_create(
+            conn,
+            patients,
+            {"patient_id": header.patient["patient_id"], "issuer": header.patient["issuer"]},
+            header.patient,
+        )[0]
+        study_id, _ = _get_or_create(
+            conn,
+            studies,
+            {"study_uid": header.study_uid},
+            {**header.study, "patient_fk": patient_id},
+        )
+        series_id, new_series = _get_or_create(
+            conn, series, {"series_uid": header.series_uid}, {**header.series, "study_fk": study_id}
+        )
+        if not new_series:  # created by a concurrent writer between the SELECT and here
+            owner = conn.execute(select(series.c.study_fk).where(series.c.id == series_id))
+            if owner.scalar_one() != study_id:
+                raise StudyMismatch(
+                    f"series {header.series_uid} is already stored in another study"
+                )
+        return study_id, series_id, new_series
 
     def _replace(
         self, conn: Connection, header: Header, object_id: int, existing: _Existing
