@@ -150,11 +150,12 @@ def transcode(store: ObjectStore, instance: StoredInstance, target: str) -> byte
     ds = load_dataset(store, instance)
     try:
         if "PixelData" in ds and not is_native(instance.transfer_syntax):
-            ds.decompress()
+            # Lossless transcoding keeps the SOP Instance UID (pydicom makes a new one by default).
+            ds.decompress(generate_instance_uid=False)
         if target in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
             ds.file_meta.TransferSyntaxUID = UID(target)
         else:
-            ds.compress(UID(target))
+            ds.compress(UID(target), generate_instance_uid=False)
     except NotAcceptable:
         raise
     except Exception as exc:
