@@ -14,7 +14,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -50,12 +49,11 @@ def import_files(
     archive = Archive.open(settings)
     counts: Counter[ImportStatus] = Counter()
     problems: list[ImportResult] = []
-    total_bytes = sum(s.size for s in sources)
     columns = (
         TextColumn("[bold]importing"),
+        TextColumn("{task.fields[gb]:.2f} GB"),
         BarColumn(),
         MofNCompleteColumn(),
-        TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
     try:
@@ -63,14 +61,14 @@ def import_files(
             Progress(*columns, console=console, transient=False) as progress,
             ThreadPoolExecutor(settings.import_workers) as pool,
         ):
-            task = progress.add_task("import", total=len(sources))
-            bytes_task = progress.add_task("bytes", total=total_bytes, visible=False)
+            task = progress.add_task("import", total=len(sources), gb=0.0)
+            done_bytes = 0
             for result in pool.map(lambda s: import_source(archive.ingestor, s), sources):
                 counts[result.status] += 1
                 if result.status in _PROBLEMS:
                     problems.append(result)
-                progress.advance(task)
-                progress.advance(bytes_task, result.size)
+                done_bytes += result.size
+                progress.update(task, advance=1, gb=done_bytes / 1e9)
     finally:
         archive.close()
 
