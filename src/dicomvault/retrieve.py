@@ -26,14 +26,20 @@ from dicomvault.storage import ObjectStore, read_verified, verified
 
 __all__ = [
     "StoredInstance",
+    "element_value",
     "find_instances",
     "headers_json",
     "instance_bytes",
+    "instance_header",
+    "load_dataset",
     "transcode",
 ]
 
 WHOLE_READ_LIMIT = 16 * 1024 * 1024
 _BULK_URI = re.compile(r'("BulkDataURI":\s*")')
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+# The value representations DICOM JSON carries as InlineBinary / BulkDataURI (PS3.18 F.2.7).
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +137,45 @@ def headers_json(
     return _BULK_URI.sub(lambda m: m.group(1) + base_url.rstrip("/") + "/", body)
 
 
+def instance_header(db: Database, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
+    """One instance's DICOM JSON header as indexed at ingest (BulkDataURIs still relative)."""
+    query = _scope(
+        select(instances.c.header).select_from(_joined()), study_uid, series_uid, sop_uid
+    )
+    with db.read() as conn:
+        header = conn.execute(query).scalar_one_or_none()
+    if header is None:
+        raise NotFound("no such instance")
+    return dict(header)
+
+
+def element_value(store: ObjectStore, instance: StoredInstance, path: str) -> bytes:
+    """The value bytes of the element a BulkDataURI path names (`tag` or `tag/item/tag/...`).
+
+    The path is the one `parsing.header.dataset_to_json` wrote; the value is read
+    from the checksum-verified object, undecoded (as encoded in the stored syntax).
+    """
+    steps = path.strip("/").split("/")
+    tags, items = steps[0::2], steps[1::2]
+    well_formed = len(steps) % 2 == 1 and all(i.isdigit() for i in items)
+    if not well_formed or not all(_TAG.fullmatch(tag) for tag in tags):
+        raise NotFound(f"no bulk data at {path!r}: paths are tag[/item/tag...]")
+    ds = load_dataset(store, instance)
+    for tag, item in zip(tags, items, strict=False):
+        sequence = ds.get(int(tag, 16))
+        index = int(item)
+        if sequence is None or sequence.VR != "SQ" or index >= len(sequence.value):
+            raise NotFound(f"no bulk data at {path!r}: no item {index} of ({tag.upper()})")
+        ds = sequence.value[index]
+    leaf = int(tags[-1], 16)
+    if leaf not in ds:
+        raise NotFound(f"no bulk data at {path!r}: the element is absent")
+    value = ds.get_item(leaf).value  # raw bytes while the element is still undecoded
+    if ds[leaf].VR not in _BINARY_VRS or not isinstance(value, bytes | bytearray):
+        raise NotFound(f"no bulk data at {path!r}: ({tags[-1].upper()}) is not a binary value")
+    return bytes(value)
+
+
 def instance_bytes(store: ObjectStore, instance: StoredInstance) -> Iterator[bytes]:
     """The stored Part 10 bytes, checked against their recorded SHA-256."""
     if instance.size <= WHOLE_READ_LIMIT:
@@ -139,6 +184,7 @@ def instance_bytes(store: ObjectStore, instance: StoredInstance) -> Iterator[byt
 
 
 def load_dataset(store: ObjectStore, instance: StoredInstance) -> Dataset:
+    """The whole instance parsed by pydicom, after its SHA-256 has been checked."""
     data = read_verified(store, instance.key, instance.sha256)
     return pydicom.dcmread(BytesIO(data))
 

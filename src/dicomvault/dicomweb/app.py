@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
-from dicomvault.dicomweb import qido, stow, wado
+from dicomvault.dicomweb import pixels, qido, stow, wado
 from dicomvault.errors import (
     DicomVaultError,
     DuplicateConflict,
@@ -74,6 +74,6 @@ def create_app(archive: Archive) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (stow.router, qido.router, wado.router):
+    for router in (stow.router, qido.router, wado.router, pixels.router):
         app.include_router(router, prefix="/dicom-web")
     return app

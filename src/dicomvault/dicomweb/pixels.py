@@ -1,0 +1,187 @@
+"""WADO-RS pixel resources (PS3.18 10.4): frames, bulk data, rendered images, thumbnails.
+
+Each route checks its UIDs, asks the frames / render services for bytes and wraps
+them in the negotiated media type (`pixel_media`). Blocking work (index, object
+store, codecs) runs in the thread pool; the first part of a multipart answer is
+produced before the response starts, so a missing or corrupt object is an error
+status rather than a transfer cut off midway.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from dicomvault.archive import Archive
+from dicomvault.dicomweb.multipart import new_boundary, write_parts
+from dicomvault.dicomweb.pixel_media import (
+    OCTET_STREAM,
+    FrameEncoding,
+    negotiate_bulk,
+    negotiate_pixels,
+    negotiate_rendered,
+    part_content_type,
+)
+from dicomvault.errors import NotAcceptable
+from dicomvault.frames import PIXEL_DATA, ImageInstance, open_image, representative_image
+from dicomvault.model.uids import require_uid
+from dicomvault.render import (
+    DEFAULT_QUALITY,
+    RenderOptions,
+    parse_quality,
+    parse_viewport,
+    parse_window,
+    render_frame,
+)
+from dicomvault.retrieve import element_value, find_instances
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+INSTANCE = "/studies/{study}/series/{series}/instances/{sop}"
+THUMBNAIL_VIEWPORT = (128, 128)
+
+
+def _uids(study: str, series: str, sop: str) -> tuple[str, str, str]:
+    return (
+        require_uid(study, "StudyInstanceUID"),
+        require_uid(series, "SeriesInstanceUID"),
+        require_uid(sop, "SOPInstanceUID"),
+    )
+
+
+def _archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+async def _image(request: Request, study: str, series: str, sop: str) -> ImageInstance:
+    archive = _archive(request)
+    uids = _uids(study, series, sop)
+    return await run_in_threadpool(open_image, archive.db, archive.store, *uids)
+
+
+async def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """`chunks` with its first item already produced (in the thread pool)."""
+    first = await run_in_threadpool(lambda: next(chunks, None))
+    return chunks if first is None else itertools.chain((first,), chunks)
+
+
+async def _multipart(part_type: str, bodies: Iterator[bytes], *, one_part: bool) -> Response:
+    """Each body its own part, or all of them the chunks of one part."""
+    bodies = await _started(bodies)
+    boundary = new_boundary()
+    parts = iter([(part_type, bodies)]) if one_part else ((part_type, (body,)) for body in bodies)
+    media = part_type.split(";")[0]
+    return StreamingResponse(
+        write_parts(boundary, parts),
+        media_type=f'multipart/related; type="{media}"; boundary={boundary}',
+    )
+
+
+@router.get(INSTANCE + "/frames/{frame_list}")
+async def retrieve_frames(
+    request: Request, study: str, series: str, sop: str, frame_list: str
+) -> Response:
+    image = await _image(request, study, series, sop)
+    numbers = image.frame_numbers(frame_list)
+    choice = negotiate_pixels(request.headers.get("accept"), image.transfer_syntax)
+    await run_in_threadpool(image.prepare)
+    read = image.stored_frame if choice.encoding is FrameEncoding.STORED else image.native_frame
+    part_type = part_content_type(choice.encoding, image.transfer_syntax)
+    return await _multipart(part_type, (read(n) for n in numbers), one_part=False)
+
+
+@router.get(INSTANCE + "/bulkdata/{path:path}")
+async def retrieve_bulkdata(
+    request: Request, study: str, series: str, sop: str, path: str
+) -> Response:
+    accept = request.headers.get("accept")
+    if path.strip("/").upper() == PIXEL_DATA:
+        image = await _image(request, study, series, sop)
+        choice = negotiate_pixels(accept, image.transfer_syntax, single_part_ok=True)
+        await run_in_threadpool(image.prepare)
+        part_type = part_content_type(choice.encoding, image.transfer_syntax)
+        if choice.encoding is FrameEncoding.STORED:
+            frames = (image.stored_frame(n) for n in range(1, image.geometry.frames + 1))
+            return await _multipart(part_type, frames, one_part=False)
+        if choice.multipart:
+            return await _multipart(part_type, image.native_pixel_data(), one_part=True)
+        chunks = await _started(image.native_pixel_data())
+        return StreamingResponse(chunks, media_type=OCTET_STREAM)
+    multipart = negotiate_bulk(accept)
+    archive = _archive(request)
+    (stored,) = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
+    value = await run_in_threadpool(element_value, archive.store, stored, path)
+    if multipart:
+        return await _multipart(OCTET_STREAM, iter((value,)), one_part=False)
+    return Response(value, media_type=OCTET_STREAM)
+
+
+def _render_options(request: Request, viewport: tuple[int, int] | None = None) -> RenderOptions:
+    query = request.query_params
+    media_type = negotiate_rendered(request.headers.get("accept"))
+    return RenderOptions(
+        media_type=media_type,
+        window=parse_window(query["window"]) if "window" in query else None,
+        viewport=parse_viewport(query["viewport"]) if "viewport" in query else viewport,
+        quality=parse_quality(query["quality"]) if "quality" in query else DEFAULT_QUALITY,
+    )
+
+
+async def _rendered(image: ImageInstance, number: int, options: RenderOptions) -> Response:
+    body = await run_in_threadpool(render_frame, image, number, options)
+    return Response(body, media_type=options.media_type)
+
+
+@router.get(INSTANCE + "/rendered")
+async def rendered_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    """The first frame (a JPEG or PNG holds one)."""
+    options = _render_options(request)
+    return await _rendered(await _image(request, study, series, sop), 1, options)
+
+
+@router.get(INSTANCE + "/frames/{frame_list}/rendered")
+async def rendered_frame(
+    request: Request, study: str, series: str, sop: str, frame_list: str
+) -> Response:
+    options = _render_options(request)
+    image = await _image(request, study, series, sop)
+    numbers = image.frame_numbers(frame_list)
+    if len(numbers) != 1:
+        raise NotAcceptable(f"{options.media_type} holds one frame: ask for one frame at a time")
+    return await _rendered(image, numbers[0], options)
+
+
+async def _thumbnail(request: Request, image: ImageInstance) -> Response:
+    options = _render_options(request, THUMBNAIL_VIEWPORT)
+    return await _rendered(image, (image.geometry.frames + 1) // 2, options)
+
+
+@router.get(INSTANCE + "/thumbnail")
+async def instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _thumbnail(request, await _image(request, study, series, sop))
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+async def series_thumbnail(request: Request, study: str, series: str) -> Response:
+    archive = _archive(request)
+    study_uid = require_uid(study, "StudyInstanceUID")
+    series_uid = require_uid(series, "SeriesInstanceUID")
+    image = await run_in_threadpool(
+        representative_image, archive.db, archive.store, study_uid, series_uid
+    )
+    return await _thumbnail(request, image)
+
+
+@router.get("/studies/{study}/thumbnail")
+async def study_thumbnail(request: Request, study: str) -> Response:
+    archive = _archive(request)
+    study_uid = require_uid(study, "StudyInstanceUID")
+    image = await run_in_threadpool(representative_image, archive.db, archive.store, study_uid)
+    return await _thumbnail(request, image)
