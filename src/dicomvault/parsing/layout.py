@@ -7,6 +7,13 @@ stays below `MAX_DEPTH`, and the Pixel Data element's value lies inside the file
 It seeks over values rather than reading them, so a 2 GB instance costs a few
 hundred small reads. It also returns where the Pixel Data value lies, so frames
 can later be served by ranged reads of the stored object.
+
+Values pydicom may later parse as a sequence (UN or unknown-VR values that begin
+with an item) are walked too: otherwise a 250-deep nest hidden in a UN element
+would pass here and surface further on as a RecursionError or a huge JSON tree.
+The file meta information is checked against its group length, so a file cut
+between two meta elements is reported as truncated, and its Transfer Syntax UID
+must be a UID: it is echoed in response headers.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pydicom.uid import (
 )
 
 from dicomvault.errors import InvalidInstance
+from dicomvault.model.uids import require_uid
 
 __all__ = ["MAX_DEPTH", "Layout", "read_layout"]
 
@@ -35,6 +43,8 @@ PIXEL_DATA = 0x7FE00010
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
+_META_GROUP_LENGTH = 0x00020000
+_TRANSFER_SYNTAX = 0x00020010
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -98,7 +108,10 @@ class _Walker:
             if tag == PIXEL_DATA and depth == 0:
                 self._pixel_data(value_start, length, vr, limit)
                 continue
-            is_sequence = vr == "SQ" or (length == UNDEFINED and vr in ("UN", None))
+            opaque = vr in ("UN", None)
+            is_sequence = vr == "SQ" or (
+                opaque and (length == UNDEFINED or self._holds_items(value_start, length, limit))
+            )
             if is_sequence:
                 self._sequence(length, limit, depth, implicit_un=vr == "UN")
                 continue
@@ -129,13 +142,25 @@ class _Walker:
             raise InvalidInstance(f"element ({tag:08X}) has an invalid VR {raw_vr!r}")
         return raw_vr.decode("ascii"), int(length)
 
+    def _holds_items(self, start: int, length: int, limit: int) -> bool:
+        """True when a defined-length value begins with an item tag, i.e. is a sequence.
+
+        pydicom turns UN into the dictionary's VR (SQ for known sequences, also
+        private ones), and reads it as implicit VR; so must the walker.
+        """
+        if length < 8 or start + 8 > limit:
+            return False
+        head = self.fp.read(4)
+        self.fp.seek(start)
+        return head == struct.pack(self.endian + "HH", 0xFFFE, 0xE000)
+
     def _sequence(self, length: int, limit: int, depth: int, implicit_un: bool) -> None:
         start = self.fp.tell()
         if length != UNDEFINED and start + length > limit:
             raise InvalidInstance(f"a sequence declares {length} bytes past the end of its parent")
         end = None if length == UNDEFINED else start + length
         saved = self.explicit
-        if implicit_un:  # PS3.5 6.2.2: UN with undefined length is implicit VR inside
+        if implicit_un:  # PS3.5 6.2.2: a sequence encoded as UN is implicit VR inside
             self.explicit = False
         try:
             while True:
@@ -199,15 +224,24 @@ def _read_meta(fp: IO[bytes], size: int) -> tuple[str, str | None, int]:
             break
         tag = walker._tag()
         _vr, length = walker._vr_and_length(tag)
-        if length == UNDEFINED or pos + length > size:
+        if length == UNDEFINED or fp.tell() + length > size:
             raise InvalidInstance(f"file meta element ({tag:08X}) runs past the end of the data")
         values[tag] = fp.read(length)
-    ts = values.get(0x00020010, b"").rstrip(b"\0 ").decode("ascii", "replace")
-    if not ts:
+    meta_end = fp.tell()
+    group_length = values.get(_META_GROUP_LENGTH)
+    if group_length is not None and len(group_length) == 4:
+        # Group length says where the meta ends: a file cut between two meta
+        # elements is caught here, with a reason, rather than as "no Study UID".
+        declared_end = 132 + 12 + struct.unpack("<I", group_length)[0]
+        if declared_end > size:
+            raise InvalidInstance("truncated: the data ends inside the file meta information")
+    raw_ts = values.get(_TRANSFER_SYNTAX, b"").rstrip(b"\0 ")
+    if not raw_ts:
         raise InvalidInstance("the file meta information has no Transfer Syntax UID")
+    ts = require_uid(raw_ts.decode("ascii", "replace"), "TransferSyntaxUID")
     media_uid = values.get(0x00020003)
     media = media_uid.rstrip(b"\0 ").decode("ascii", "replace") if media_uid else None
-    return ts, media, fp.tell()
+    return ts, media, meta_end
 
 
 def read_layout(fp: IO[bytes]) -> Layout:

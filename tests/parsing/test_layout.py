@@ -1,0 +1,153 @@
+"""Structural validation and header parsing: bad files are refused with a reason, good ones read.
+
+The archive-level tests run the one ingest function on both backend pairs and
+check that a refused file leaves nothing behind (no index rows, no objects) and
+that the next good file is stored as usual.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from io import BytesIO
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from dicomvault.archive import Archive
+from dicomvault.errors import InvalidInstance
+from dicomvault.index.schema import events, instances, objects, patients, series, studies
+from dicomvault.ingest import Outcome
+from dicomvault.parsing import parse_header, read_layout
+from dicomvault.parsing.layout import MAX_DEPTH
+from dicomvault.synthetic import dataset, to_bytes, uid
+from tests.support.dicom_files import (
+    BAD_FILES,
+    good,
+    pixel_data_offset,
+    top_level_offsets,
+    with_nest,
+)
+
+
+def assert_nothing_stored(archive: Archive) -> None:
+    with archive.db.read() as conn:
+        for table in (instances, objects, series, studies, patients, events):
+            count = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            assert count == 0, f"{table.name} has {count} rows"
+    assert list(archive.store.list()) == []
+
+
+def _parse(data: bytes) -> None:
+    fp = BytesIO(data)
+    parse_header(fp, read_layout(fp))
+
+
+# -- the refusals, at the ingest function, on both backends -------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_refused_with_its_reason_and_nothing_is_stored(
+    archive: Archive, case: str
+) -> None:
+    bad = BAD_FILES[case]
+    with pytest.raises(InvalidInstance) as refused:
+        archive.ingestor.ingest(BytesIO(bad.data))
+    assert re.search(bad.reason, str(refused.value)), str(refused.value)
+    assert_nothing_stored(archive)
+
+    after = archive.ingestor.ingest(BytesIO(good("after")))
+    assert after.outcome is Outcome.STORED
+    assert after.sop_uid == uid("after/i")
+
+
+def test_nesting_up_to_the_limit_is_stored_whole(archive: Archive) -> None:
+    data = with_nest("limit", MAX_DEPTH, "undefined")
+    archive.ingestor.ingest(BytesIO(data))
+    with archive.db.read() as conn:
+        header = conn.execute(select(instances.c.header)).scalar_one()
+    depth, node = 0, header
+    while "0040A730" in node:
+        node = node["0040A730"]["Value"][0]
+        depth += 1
+    assert depth == MAX_DEPTH
+    with pytest.raises(InvalidInstance, match=f"nested deeper than {MAX_DEPTH}"):
+        _parse(with_nest("over", MAX_DEPTH + 1, "un"))
+
+
+# -- every cut of a file ------------------------------------------------------------------
+
+
+def test_every_cut_inside_the_meta_or_an_element_is_refused() -> None:
+    """Truncation anywhere but exactly between two data set elements is caught.
+
+    (A cut between two elements leaves a shorter, well-formed file; the cases
+    that end before the required UIDs are caught by the header, the others are
+    a known limit of structural checks.)
+    """
+    data = good("cuts", size=4)
+    boundaries = set(top_level_offsets(data))
+    meta_end = top_level_offsets(data)[0]
+    accepted = []
+    for cut in range(len(data)):
+        if cut in boundaries and cut > meta_end:
+            continue
+        try:
+            _parse(data[:cut])
+        except InvalidInstance:
+            continue
+        accepted.append(cut)
+    assert accepted == []
+
+
+# -- what a good file reads as ------------------------------------------------------------
+
+
+def test_layout_locates_the_pixel_data_value() -> None:
+    ds = dataset(study_uid=uid("l/st"), series_uid=uid("l/se"), sop_uid=uid("l/i"), size=8)
+    data = to_bytes(ds)
+    layout = read_layout(BytesIO(data))
+    assert layout.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert layout.media_sop_instance_uid == uid("l/i")
+    assert layout.size == len(data)
+    assert layout.pixel_offset == pixel_data_offset(data) + 12
+    assert layout.pixel_length == 8 * 8 * 2
+    assert data[layout.pixel_offset : layout.pixel_offset + layout.pixel_length] == ds.PixelData
+
+
+def test_implicit_vr_and_big_endian_files_are_read() -> None:
+    for syntax in (pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian):
+        ds = dataset(study_uid=uid("e/st"), series_uid=uid("e/se"), sop_uid=uid("e/i"), size=8)
+        ds.file_meta.TransferSyntaxUID = syntax
+        if syntax == pydicom.uid.ExplicitVRBigEndian:
+            ds.PixelData = struct.pack(">64H", *range(64))
+        data = to_bytes(ds)
+        fp = BytesIO(data)
+        layout = read_layout(fp)
+        header = parse_header(fp, layout)
+        assert layout.transfer_syntax == syntax
+        assert layout.pixel_length == 128
+        assert header.sop_uid == uid("e/i")
+        assert header.instance["transfer_syntax"] == syntax
+
+
+def test_header_values_are_indexed_as_read() -> None:
+    data = good("hv", study_date="20240229", patient_name="Müller^Jörg")
+    fp = BytesIO(data)
+    header = parse_header(fp, read_layout(fp))
+    assert (header.study_uid, header.series_uid, header.sop_uid) == (
+        uid("hv/st"),
+        uid("hv/se"),
+        uid("hv/i"),
+    )
+    assert header.patient["patient_name"] == "Müller^Jörg"
+    assert header.patient["patient_name_norm"] == "MÜLLER^JÖRG"
+    assert header.study["study_date"] == "20240229"
+    assert header.instance["rows"] == 16
+    assert header.json["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jörg"}]}
+    assert header.json["7FE00010"] == {
+        "vr": "OW",
+        "BulkDataURI": f"studies/{uid('hv/st')}/series/{uid('hv/se')}/instances/"
+        f"{uid('hv/i')}/bulkdata/7FE00010",
+    }
