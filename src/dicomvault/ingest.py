@@ -8,6 +8,11 @@ pointing at nothing.
 
 Idempotent on SOP Instance UID: the same bytes again are a success that writes
 nothing; different bytes follow `Settings.duplicate_policy`.
+
+Index rows hold text clipped to its column's length (`_fit`): files in the wild
+carry over-long values, which SQLite would keep and PostgreSQL would refuse, so
+without it the same file is stored on one backend and a 500 on the other. The
+object and the header JSON keep every value whole.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, String, Table, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomvault.config import DuplicatePolicy
@@ -197,7 +202,7 @@ class Ingestor:
                     study_fk=study_id,
                     header=header.json,
                     object_fk=object_id,
-                    **header.instance,
+                    **_fit(instances, header.instance),
                 )
             )
         except IntegrityError as exc:
@@ -268,7 +273,7 @@ class Ingestor:
             update(instances)
             .where(instances.c.id == existing.instance_id)
             .where(instances.c.object_fk == existing.object_id)
-            .values(header=header.json, object_fk=object_id, **header.instance)
+            .values(header=header.json, object_fk=object_id, **_fit(instances, header.instance))
         ).rowcount
         if changed != 1:
             raise _LostRace
@@ -302,10 +307,21 @@ class _LostRace(Exception):
     """Another writer committed the same SOP Instance UID first."""
 
 
+def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with text clipped to the length of its column in `table` (see module doc)."""
+    out = dict(values)
+    for name, value in values.items():
+        column_type = table.c[name].type
+        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            out[name] = value[: column_type.length]
+    return out
+
+
 def _get_or_create(
-    conn: Connection, table: Any, key: dict[str, Any], values: dict[str, Any]
+    conn: Connection, table: Table, key: dict[str, Any], values: dict[str, Any]
 ) -> tuple[int, bool]:
     """The id of the row matching `key`, inserting it with `values` if absent; True if new."""
+    key, values = _fit(table, key), _fit(table, values)
     new_id = conn.execute(
         insert_ignore(conn, table, list(key)).values({**values, **key}).returning(table.c.id)
     ).scalar()

@@ -107,10 +107,11 @@ async def _store_parts(
 ) -> Response:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
-    conflicts = 0
-    for part in parts:
+    conflicts = server_errors = 0
+    for number, part in enumerate(parts, start=1):
         if part.content_type not in ("", "application/dicom"):
-            failed.append(_failure(FailureReason.CANNOT_UNDERSTAND))
+            reason = f"part {number} is {part.content_type}, not application/dicom"
+            failed.append(_failure(FailureReason.CANNOT_UNDERSTAND) | _comment(reason))
             continue
         try:
             result = await run_in_threadpool(
@@ -128,6 +129,14 @@ async def _store_parts(
         except StorageError as exc:
             log.error("STOW-RS storage failure: %s", exc)
             failed.append(_failure(FailureReason.OUT_OF_RESOURCES) | _comment(str(exc)))
+            server_errors += 1
+        except Exception:  # one part's failure must not hide the others' outcomes
+            log.exception("STOW-RS part %d failed unexpectedly", number)
+            failed.append(
+                _failure(FailureReason.PROCESSING_FAILURE)
+                | _comment(f"part {number} could not be processed (server error)")
+            )
+            server_errors += 1
         else:
             stored.append(_reference(base, result))
 
@@ -138,15 +147,24 @@ async def _store_parts(
         body[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
     if stored:
         body[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": stored}
+    return JSONResponse(
+        body,
+        status_code=_status(len(stored), len(failed), conflicts, server_errors),
+        media_type=DICOM_JSON,
+    )
+
+
+def _status(stored: int, failed: int, conflicts: int, server_errors: int) -> int:
+    """PS3.18 10.5.3: all stored 200, some 202; none: 409 conflicts, 400 bad parts, else 503."""
     if not failed:
-        status = 200
-    elif stored:
-        status = 202
-    elif conflicts == len(failed):
-        status = 409
-    else:
-        status = 400
-    return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+        return 200
+    if stored:
+        return 202
+    if conflicts == failed:
+        return 409
+    if server_errors == failed:
+        return 503  # the parts may be fine; the archive could not keep them
+    return 400
 
 
 def _comment(text: str) -> dict[str, Any]:

@@ -5,11 +5,21 @@ reads Pixel Data (`stop_before_pixels`): the pixel value is described by a
 BulkDataURI instead. BulkDataURIs are stored relative to the DICOMweb root
 (`studies/...`) and made absolute when served, since the base URL is the
 request's.
+
+Values come from files of every vintage, so what goes to the index is made
+storable on every backend: NUL characters, which PostgreSQL text and JSONB
+refuse, are dropped when trailing (padding in old files) and shown as U+FFFD
+inside a value (so a UID with one stays visibly invalid rather than becoming
+another UID); integers outside IS's 32-bit range and dates that are not dates
+are not indexed (the ACR-NEMA form `YYYY.MM.DD` of old files is read as the
+date it is); non-finite floats (NaN, Infinity: not JSON numbers) become the
+strings "NaN", "Infinity", "-Infinity" in the DICOM JSON.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -42,6 +52,11 @@ class Header:
     json: dict[str, Any]
 
 
+_INT32 = range(-(2**31), 2**31)
+_DATE = re.compile(r"\d{8}")
+_LEGACY_DATE = re.compile(r"\d{4}\.\d{2}\.\d{2}")
+
+
 def text(value: Any) -> str | None:
     """A DICOM value as one string (multi-values joined with a backslash), or None."""
     if value is None or value == "":
@@ -51,11 +66,30 @@ def text(value: Any) -> str | None:
     return str(value)
 
 
+def _indexed(value: Any) -> str | None:
+    """A value as an index column holds it: `text` without NUL characters (see module doc)."""
+    return _without_nul(text(value) or "") or None
+
+
+def _without_nul(value: str) -> str:
+    return value.rstrip("\0").replace("\0", "\ufffd")
+
+
 def _int(value: Any) -> int | None:
+    """An integer value in IS's range (-2**31 .. 2**31-1), else None (not indexed)."""
     try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        number = int(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is not None and number in _INT32 else None
+
+
+def _date(value: Any) -> str | None:
+    """A DA value as YYYYMMDD (also from the ACR-NEMA YYYY.MM.DD), else None."""
+    raw = (_indexed(value) or "").strip()
+    if _LEGACY_DATE.fullmatch(raw):
+        raw = raw.replace(".", "")
+    return raw if _DATE.fullmatch(raw) else None
 
 
 def _upper(value: str | None) -> str | None:
@@ -88,10 +122,23 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
             return _uri
 
         try:
-            out[key] = elem.to_json_dict(handler, BULK_DATA_THRESHOLD)
+            out[key] = _storable(elem.to_json_dict(handler, BULK_DATA_THRESHOLD))
         except Exception:  # noqa: BLE001 - a value pydicom cannot encode is skipped, not fatal
             out[key] = {"vr": elem.VR}
     return out
+
+
+def _storable(value: Any) -> Any:
+    """A JSON value every index backend stores and every client parses (see module doc)."""
+    if isinstance(value, str):
+        return _without_nul(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _storable(v) for k, v in value.items()}
+    return value
 
 
 def _native_pixel_bytes(ds: Dataset) -> int | None:
@@ -143,46 +190,50 @@ def parse_header(fp: IO[bytes], layout: Layout) -> Header:
     except RecursionError as exc:
         raise InvalidInstance("sequences nested too deeply to convert") from exc
     if layout.has_pixel_data:
-        vr = layout.pixel_vr or ("OW" if (_int(ds.get("BitsAllocated")) or 8) > 8 else "OB")
+        # Implicit VR files leave the dictionary's "OB or OW"; DICOM JSON needs one VR,
+        # the one pydicom resolves it to.
+        vr = layout.pixel_vr
+        if vr not in ("OB", "OW"):
+            vr = "OW" if (_int(ds.get("BitsAllocated")) or 8) > 8 else "OB"
         json_header["7FE00010"] = {
             "vr": vr,
             "BulkDataURI": bulk_uri(study_uid, series_uid, sop_uid, "7FE00010"),
         }
     json_header.pop("00020010", None)  # file meta is not part of the data set's JSON
 
-    patient_name = text(ds.get("PatientName"))
-    referring = text(ds.get("ReferringPhysicianName"))
+    patient_name = _indexed(ds.get("PatientName"))
+    referring = _indexed(ds.get("ReferringPhysicianName"))
     return Header(
         study_uid=study_uid,
         series_uid=series_uid,
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
         patient={
-            "patient_id": text(ds.get("PatientID")) or "",
-            "issuer": text(ds.get("IssuerOfPatientID")) or "",
+            "patient_id": _indexed(ds.get("PatientID")) or "",
+            "issuer": _indexed(ds.get("IssuerOfPatientID")) or "",
             "patient_name": patient_name,
             "patient_name_norm": _upper(patient_name),
-            "birth_date": text(ds.get("PatientBirthDate")),
-            "sex": text(ds.get("PatientSex")),
+            "birth_date": _date(ds.get("PatientBirthDate")),
+            "sex": _indexed(ds.get("PatientSex")),
         },
         study={
-            "study_date": text(ds.get("StudyDate")),
-            "study_time": text(ds.get("StudyTime")),
-            "accession_number": text(ds.get("AccessionNumber")),
-            "study_id": text(ds.get("StudyID")),
+            "study_date": _date(ds.get("StudyDate")),
+            "study_time": _indexed(ds.get("StudyTime")),
+            "accession_number": _indexed(ds.get("AccessionNumber")),
+            "study_id": _indexed(ds.get("StudyID")),
             "referring_physician": referring,
             "referring_physician_norm": _upper(referring),
-            "description": text(ds.get("StudyDescription")),
+            "description": _indexed(ds.get("StudyDescription")),
         },
         series={
-            "modality": text(ds.get("Modality")),
+            "modality": _indexed(ds.get("Modality")),
             "series_number": _int(ds.get("SeriesNumber")),
-            "description": text(ds.get("SeriesDescription")),
-            "body_part": text(ds.get("BodyPartExamined")),
-            "series_date": text(ds.get("SeriesDate")),
-            "series_time": text(ds.get("SeriesTime")),
-            "performed_start_date": text(ds.get("PerformedProcedureStepStartDate")),
-            "performed_start_time": text(ds.get("PerformedProcedureStepStartTime")),
+            "description": _indexed(ds.get("SeriesDescription")),
+            "body_part": _indexed(ds.get("BodyPartExamined")),
+            "series_date": _date(ds.get("SeriesDate")),
+            "series_time": _indexed(ds.get("SeriesTime")),
+            "performed_start_date": _date(ds.get("PerformedProcedureStepStartDate")),
+            "performed_start_time": _indexed(ds.get("PerformedProcedureStepStartTime")),
         },
         instance={
             "sop_class_uid": sop_class,
