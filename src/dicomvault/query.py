@@ -1,7 +1,8 @@
 """The one query builder: QIDO-RS and C-FIND both describe a `QueryRequest` and call `search`.
 
-Matching follows PS3.4 C.2.2.2: universal (empty value), single value, wildcard
-(`*`, `?`), range (dates and times, `a-b`, `-b`, `a-`), UID list (`,` or `\\`).
+Matching follows PS3.4 C.2.2.2: universal (empty value, or `*` alone, which
+also matches empty values), single value, wildcard (`*`, `?`), range (dates and
+times, `a-b`, `-b`, `a-`), UID list (`,` or `\\`).
 Person names match case-insensitively (an upper-cased twin column keeps it
 indexed); `fuzzy` makes a person name match any name component by prefix.
 Results come back as DICOM JSON (PS3.18 Annex F) dictionaries.
@@ -78,13 +79,24 @@ def _check_range_value(vr: str, value: str) -> None:
         raise InvalidQuery(f"{value!r} is not a valid {vr} value")
 
 
+def _match(column: Any, value: str) -> Any:
+    """Single value or wildcard matching of one value against `column`."""
+    if "*" in value or "?" in value:
+        return column.like(_like(value), escape="\\")
+    return column == value
+
+
 def _condition(attr: Attribute, value: str, fuzzy: bool) -> Any:
     """The SQL condition for one attribute's match value (None: universal match)."""
-    if value == "":
+    if value.strip("*") == "":  # PS3.4 C.2.2.2.4: "*" alone is universal matching
         return None
     if attr.tag == _MODALITIES:
         wanted = [v for v in re.split(r"[\\,]", value) if v]
-        return exists().where(series.c.study_fk == studies.c.id, series.c.modality.in_(wanted))
+        if not wanted:
+            return None
+        return exists().where(
+            series.c.study_fk == studies.c.id, or_(*(_match(series.c.modality, v) for v in wanted))
+        )
     column = attr.norm_column if attr.norm_column is not None else attr.column
     if column is None:
         raise InvalidQuery(f"{attr.keyword} cannot be used as a matching key")
@@ -93,6 +105,8 @@ def _condition(attr: Attribute, value: str, fuzzy: bool) -> Any:
         return column.in_(uids)
     if attr.vr in _RANGE_VRS and "-" in value:
         low, _, high = value.partition("-")
+        if not low and not high:
+            raise InvalidQuery(f"{attr.keyword}={value!r}: a range needs at least one end")
         _check_range_value(attr.vr, low)
         _check_range_value(attr.vr, high)
         parts = []
@@ -118,9 +132,7 @@ def _condition(attr: Attribute, value: str, fuzzy: bool) -> Any:
                 column.like(f"%^{word}%", escape="\\"),
                 column.like(f"% {word}%", escape="\\"),
             )
-    if "*" in value or "?" in value:
-        return column.like(_like(value), escape="\\")
-    return column == value
+    return _match(column, value)
 
 
 def _base(level: Level) -> Select[Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +21,7 @@ __all__ = ["router"]
 router = APIRouter()
 
 _CONTROL = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+_DIGITS = re.compile(r"[0-9]{1,9}")  # not int(): it takes "1_000", " 5" and other digits
 
 
 def _request(request: Request, level: Level, study: str | None, series: str | None) -> QueryRequest:
@@ -28,15 +31,12 @@ def _request(request: Request, level: Level, study: str | None, series: str | No
         study_uid=require_uid(study, "StudyInstanceUID") if study is not None else None,
         series_uid=require_uid(series, "SeriesInstanceUID") if series is not None else None,
     )
-    for name in ("limit", "offset"):
+    for name, least in (("limit", 1), ("offset", 0)):
         if name in params:
-            try:
-                number = int(params[name])
-            except ValueError as exc:
-                raise InvalidQuery(f"{name}={params[name]!r} is not a whole number") from exc
-            if number < 0:
-                raise InvalidQuery(f"{name} must not be negative")
-            setattr(query, name, number)
+            raw = params[name]
+            if not _DIGITS.fullmatch(raw) or int(raw) < least:
+                raise InvalidQuery(f"{name}={raw!r}: give a whole number of at least {least}")
+            setattr(query, name, int(raw))
     fuzzy = params.get("fuzzymatching", "false").lower()
     if fuzzy not in ("true", "false"):
         raise InvalidQuery("fuzzymatching must be true or false")
