@@ -3,13 +3,17 @@
 Zip members are copied into temporary files of our own naming and never
 extracted by their stored names, so a member called `../../etc/passwd` cannot
 write anywhere (no zip-slip by construction). Member sizes are capped and
-checked while copying, since a zip's declared sizes can lie (zip bombs).
+checked while copying, since a zip's declared sizes can lie (zip bombs). A
+damaged archive or member (bad CRC, corrupt deflate stream, encryption, an
+unknown compression method) is reported as invalid like any other bad file;
+it never stops the import.
 """
 
 from __future__ import annotations
 
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ __all__ = ["ImportStatus", "Source", "find_sources", "import_source"]
 
 MAX_COMPRESSION_RATIO = 1000
 _COPY_CHUNK = 1024 * 1024
+# What zipfile raises for damaged archives and members it cannot read.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError)
 
 
 class ImportStatus(StrEnum):
@@ -70,11 +76,22 @@ def _opener(path: Path) -> Callable[[], AbstractContextManager[IO[bytes]]]:
 
 
 def _zip_sources(path: Path, max_member_bytes: int) -> Iterator[Source]:
-    with zipfile.ZipFile(path) as archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+    except _ZIP_ERRORS as exc:
+        yield Source(str(path), path.stat().st_size, _refuser(f"damaged zip archive: {exc}"))
+        return
     for member in members:
         label = f"{path}!{member.filename}"
         yield Source(label, member.file_size, _member_opener(path, member, max_member_bytes))
+
+
+def _refuser(reason: str) -> Callable[[], AbstractContextManager[IO[bytes]]]:
+    def refuse() -> AbstractContextManager[IO[bytes]]:
+        raise InvalidInstance(reason)
+
+    return refuse
 
 
 def _member_opener(
@@ -86,18 +103,28 @@ def _member_opener(
         if member.compress_size and member.file_size / member.compress_size > MAX_COMPRESSION_RATIO:
             raise InvalidInstance("zip member expands suspiciously (compression ratio > 1000)")
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller's with-block
-        copied = 0
-        with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
-            while chunk := stream.read(_COPY_CHUNK):
-                copied += len(chunk)
-                if copied > max_bytes or copied > member.file_size:
-                    spool.close()
-                    raise InvalidInstance("zip member is larger than it declares")
-                spool.write(chunk)
+        try:
+            _copy_member(path, member, max_bytes, spool)
+        except BaseException:
+            spool.close()
+            raise
         spool.seek(0)
         return nullcontext(spool)
 
     return open_member
+
+
+def _copy_member(path: Path, member: zipfile.ZipInfo, max_bytes: int, out: IO[bytes]) -> None:
+    copied = 0
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
+            while chunk := stream.read(_COPY_CHUNK):
+                copied += len(chunk)
+                if copied > max_bytes or copied > member.file_size:
+                    raise InvalidInstance("zip member is larger than it declares")
+                out.write(chunk)
+    except _ZIP_ERRORS as exc:
+        raise InvalidInstance(f"damaged zip member: {exc}") from exc
 
 
 def _is_part10(fp: IO[bytes]) -> bool:

@@ -11,9 +11,11 @@ Nothing here is read at import time; callers build `Settings` and pass it down.
 from __future__ import annotations
 
 import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -125,21 +127,38 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain values, secrets and passwords masked."""
         values = self.model_dump(mode="json")
-        values["database_url"] = _mask_url_password(self.effective_database_url)
+        values["database_url"] = self.effective_database_url
         values["storage_url"] = self.effective_storage_url
+        for key in _URL_SETTINGS:
+            if values[key] is not None:
+                values[key] = _mask_url(values[key])
         for key, value in list(values.items()):
             if isinstance(getattr(self, key), SecretStr) and value is not None:
                 values[key] = "**********"
         return values
 
 
-def _mask_url_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
+_URL_SETTINGS = ("database_url", "storage_url", "s3_endpoint_url")
+_MASK = "***"
+# Query parameters that carry credentials (libpq takes `?password=`, S3 URLs can sign).
+_SECRET_PARAM = re.compile(r"password|passwd|secret|token|signature|credential", re.IGNORECASE)
 
-    parsed = make_url(url)
-    if parsed.password is None:
-        return url
-    return parsed.render_as_string(hide_password=True)
+
+def _mask_url(url: str) -> str:
+    """`url` with the password of its user info and any credential parameter masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:{_MASK}@{host}" if has_password else netloc
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    masked = [(name, _MASK if _SECRET_PARAM.search(name) else value) for name, value in pairs]
+    if netloc == parts.netloc and masked == pairs:
+        return url  # as given: re-assembling could change it (sqlite:/// loses a slash)
+    query = f"?{urlencode(masked, safe='*')}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -7,9 +7,12 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from rich.console import Console
 
 from dicomvault.config import Settings, load_settings
+
+ENV_PREFIX = "DICOMVAULT_"
 
 __all__ = ["ConfigOption", "DataDirOption", "console", "err_console", "settings_from"]
 
@@ -34,8 +37,26 @@ DataDirOption = Annotated[
 
 
 def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    """The settings, or exit status 2 with one line per invalid setting."""
     try:
         return load_settings(config, **overrides)
-    except (ValidationError, ValueError) as exc:
-        err_console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+    except ValueError as exc:  # pydantic-settings' SettingsError, a missing config file
+        problems = [str(exc)]
+    # The messages quote user input (brackets included), so they are printed as text,
+    # not rich markup, which would swallow "[...]" and with it the offending value.
+    err_console.print("invalid configuration:", style="red", markup=False)
+    for problem in problems:
+        err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _describe(error: ErrorDetails) -> str:
+    """One error as `http_port = 'abc' (DICOMVAULT_HTTP_PORT): Input should be ...`."""
+    location = "_".join(str(part) for part in error["loc"])
+    if not location:
+        return str(error["msg"])
+    given = error.get("input")
+    shown = f" = {given!r}" if isinstance(given, str | int | float) else ""
+    return f"{location}{shown} ({ENV_PREFIX}{location.upper()}): {error['msg']}"

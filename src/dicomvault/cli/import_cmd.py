@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -80,7 +81,11 @@ def import_files(
             table.add_row(status.value, str(counts[status]))
     console.print(table)
     for problem in problems[:show_problems]:
-        console.print(f"[yellow]{problem.status.value}[/yellow] {problem.source}: {problem.detail}")
+        # File names and reasons are data, not rich markup: "scan[red].dcm" must print as is.
+        console.print(
+            f"[yellow]{problem.status.value}[/yellow] {escape(problem.source)}: "
+            f"{escape(problem.detail)}"
+        )
     if len(problems) > show_problems:
         console.print(f"... and {len(problems) - show_problems} more")
     if problems:

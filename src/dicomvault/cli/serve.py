@@ -6,11 +6,9 @@ import logging
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from dicomvault.archive import Archive
 from dicomvault.cli.common import ConfigOption, DataDirOption, console, settings_from
-from dicomvault.dicomweb.app import create_app
 
 __all__ = ["serve"]
 
@@ -27,6 +25,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the archive: DICOMweb at http://HOST:PORT/dicom-web."""
+    # Imported here: the web stack is most of the CLI's start-up time, and
+    # `config show`, `db` and `import` do not need it.
+    import uvicorn
+
+    from dicomvault.dicomweb.app import create_app
+
     settings = settings_from(config, data_dir=data_dir, host=host, http_port=http_port)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
