@@ -15,6 +15,7 @@ from dicomvault.config import DuplicatePolicy, Settings
 from dicomvault.errors import DuplicateConflict, StudyMismatch
 from dicomvault.index.schema import events, instances, objects, studies
 from dicomvault.ingest import Outcome
+from dicomvault.model.origin import Door, Origin
 from dicomvault.synthetic import dataset, instance_bytes, to_bytes, uid
 
 
@@ -45,6 +46,24 @@ def test_stores_object_index_rows_and_event(archive: Archive) -> None:
     assert stored[128:] == data[128:]
     assert hashlib.sha256(stored).hexdigest() == sha == result.sha256
     assert kinds == ["instance.stored"]
+
+
+def test_origin_is_recorded_with_instance_study_and_event(archive: Archive) -> None:
+    origin = Origin(Door.DIMSE, site="RAJ", calling_aet="RAJ_MR1", address="10.0.0.7")
+    archive.ingestor.ingest(BytesIO(_one("orig")), origin=origin)
+    archive.ingestor.ingest(BytesIO(_one("plain")))
+    with archive.db.read() as conn:
+        rows = conn.execute(
+            select(instances.c.origin_door, instances.c.calling_aet, instances.c.site).order_by(
+                instances.c.id
+            )
+        ).all()
+        sites = conn.execute(select(studies.c.site).order_by(studies.c.id)).scalars().all()
+        payloads = conn.execute(select(events.c.payload).order_by(events.c.seq)).scalars().all()
+    assert [tuple(r) for r in rows] == [("dimse", "RAJ_MR1", "RAJ"), ("api", None, None)]
+    assert sites == ["RAJ", None]
+    assert payloads[0]["calling_aet"] == "RAJ_MR1"
+    assert payloads[0]["site"] == "RAJ"
 
 
 def test_preamble_is_zeroed(archive: Archive) -> None:

@@ -23,6 +23,7 @@ from typing import IO
 
 from dicomvault.errors import DicomVaultError, DuplicateConflict, InvalidInstance
 from dicomvault.ingest import Ingestor, Outcome
+from dicomvault.model.origin import Door, Origin
 
 __all__ = ["ImportStatus", "Source", "find_sources", "import_source"]
 
@@ -134,13 +135,16 @@ def _is_part10(fp: IO[bytes]) -> bool:
     return magic == b"DICM"
 
 
+_IMPORT = Origin(Door.IMPORT)
+
+
 def import_source(ingestor: Ingestor, source: Source) -> ImportResult:
     """Ingest one source; never raises for bad files, only reports."""
     try:
         with source.open() as fp:
             if not _is_part10(fp):
                 return ImportResult(source.label, ImportStatus.NOT_DICOM, "no DICM prefix")
-            result = ingestor.ingest(fp)
+            result = ingestor.ingest(fp, origin=_IMPORT)
     except InvalidInstance as exc:
         return ImportResult(source.label, ImportStatus.INVALID, str(exc))
     except DuplicateConflict as exc:

@@ -32,9 +32,10 @@ from dicomvault.errors import DuplicateConflict, StudyMismatch
 from dicomvault.index.db import Database
 from dicomvault.index.schema import events, instances, objects, patients, series, studies
 from dicomvault.index.upsert import insert_ignore
+from dicomvault.model.origin import Origin
 from dicomvault.parsing import Header, Layout, parse_header, read_layout
 from dicomvault.storage import ObjectStore, new_key
-from dicomvault.storage.base import CHUNK_SIZE
+from dicomvault.storage.base import CHUNK_SIZE, PutResult
 
 __all__ = ["IngestResult", "Ingestor", "Outcome"]
 
@@ -85,6 +86,9 @@ def _sha256(fp: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+_API = Origin()
+
+
 class Ingestor:
     """Validates, stores and indexes instances. Safe to call from many threads at once."""
 
@@ -95,8 +99,14 @@ class Ingestor:
         self.store = store
         self.policy = policy
 
-    def ingest(self, fp: IO[bytes], *, expected_study_uid: str | None = None) -> IngestResult:
-        """Store one Part 10 instance read from the seekable file `fp`.
+    def ingest(
+        self,
+        fp: IO[bytes],
+        *,
+        expected_study_uid: str | None = None,
+        origin: Origin = _API,
+    ) -> IngestResult:
+        """Store one Part 10 instance read from the seekable file `fp`, sent from `origin`.
 
         Raises InvalidInstance (nothing stored), StudyMismatch, DuplicateConflict,
         or StorageError / database errors (nothing indexed; retry later).
@@ -116,7 +126,7 @@ class Ingestor:
                     return self._result(Outcome.DUPLICATE, header, layout.size, sha)
                 self._check_replaceable(existing, header)
             try:
-                return self._store_new(fp, layout, header, existing)
+                return self._store_new(fp, layout, header, existing, origin)
             except _LostRace:
                 continue  # another writer stored this UID meanwhile: decide again
         raise DuplicateConflict(f"instance {header.sop_uid} is being written concurrently")
@@ -163,12 +173,17 @@ class Ingestor:
         return _Existing(*row) if row else None
 
     def _store_new(
-        self, fp: IO[bytes], layout: Layout, header: Header, existing: _Existing | None
+        self,
+        fp: IO[bytes],
+        layout: Layout,
+        header: Header,
+        existing: _Existing | None,
+        origin: Origin,
     ) -> IngestResult:
         put = self.store.put(new_key(), normalized_chunks(fp))
         try:
             with self.db.write() as conn:
-                outcome = self._index(conn, header, put.key, put.size, put.sha256, existing)
+                outcome = self._index(conn, header, put, existing, origin)
         except BaseException:
             self.store.delete(put.key)
             raise
@@ -180,20 +195,26 @@ class Ingestor:
         self,
         conn: Connection,
         header: Header,
-        key: str,
-        size: int,
-        sha: str,
+        put: PutResult,
         existing: _Existing | None,
+        origin: Origin,
     ) -> Outcome:
         object_id = conn.execute(
             objects.insert()
-            .values(sop_uid=header.sop_uid, store=self.store.url, key=key, size=size, sha256=sha)
+            .values(
+                sop_uid=header.sop_uid,
+                store=self.store.url,
+                key=put.key,
+                size=put.size,
+                sha256=put.sha256,
+            )
             .returning(objects.c.id)
         ).scalar_one()
+        provenance = _fit(instances, _provenance(origin))
         if existing is not None:
-            return self._replace(conn, header, object_id, existing)
+            return self._replace(conn, header, object_id, existing, provenance)
 
-        study_id, series_id, new_series = self._levels(conn, header)
+        study_id, series_id, new_series = self._levels(conn, header, origin)
         try:
             conn.execute(
                 instances.insert().values(
@@ -203,6 +224,7 @@ class Ingestor:
                     header=header.json,
                     object_fk=object_id,
                     **_fit(instances, header.instance),
+                    **provenance,
                 )
             )
         except IntegrityError as exc:
@@ -223,10 +245,10 @@ class Ingestor:
             .where(series.c.id == series_id)
             .values(num_instances=series.c.num_instances + 1)
         )
-        self._event(conn, "instance.stored", header, size)
+        self._event(conn, "instance.stored", header, put.size, provenance)
         return Outcome.STORED
 
-    def _levels(self, conn: Connection, header: Header) -> tuple[int, int, bool]:
+    def _levels(self, conn: Connection, header: Header, origin: Origin) -> tuple[int, int, bool]:
         """Study and series row ids for the instance, creating rows as needed.
 
         The common case (more instances of a series already indexed) is one SELECT;
@@ -253,7 +275,7 @@ class Ingestor:
             conn,
             studies,
             {"study_uid": header.study_uid},
-            {**header.study, "patient_fk": patient_id},
+            {**header.study, "patient_fk": patient_id, "site": origin.site},
         )
         series_id, new_series = _get_or_create(
             conn, series, {"series_uid": header.series_uid}, {**header.series, "study_fk": study_id}
@@ -267,13 +289,23 @@ class Ingestor:
         return study_id, series_id, new_series
 
     def _replace(
-        self, conn: Connection, header: Header, object_id: int, existing: _Existing
+        self,
+        conn: Connection,
+        header: Header,
+        object_id: int,
+        existing: _Existing,
+        provenance: dict[str, Any],
     ) -> Outcome:
         changed = conn.execute(
             update(instances)
             .where(instances.c.id == existing.instance_id)
             .where(instances.c.object_fk == existing.object_id)
-            .values(header=header.json, object_fk=object_id, **_fit(instances, header.instance))
+            .values(
+                header=header.json,
+                object_fk=object_id,
+                **_fit(instances, header.instance),
+                **provenance,
+            )
         ).rowcount
         if changed != 1:
             raise _LostRace
@@ -285,11 +317,18 @@ class Ingestor:
         else:
             conn.execute(objects.delete().where(objects.c.id == existing.object_id))
             outcome = Outcome.REPLACED
-        self._event(conn, "instance.updated", header, None)
+        self._event(conn, "instance.updated", header, None, provenance)
         return outcome
 
-    def _event(self, conn: Connection, kind: str, header: Header, size: int | None) -> None:
-        payload: dict[str, Any] = {"sop_class_uid": header.sop_class_uid}
+    def _event(
+        self,
+        conn: Connection,
+        kind: str,
+        header: Header,
+        size: int | None,
+        provenance: dict[str, Any],
+    ) -> None:
+        payload: dict[str, Any] = {"sop_class_uid": header.sop_class_uid, **provenance}
         if size is not None:
             payload["size"] = size
         conn.execute(
@@ -301,6 +340,15 @@ class Ingestor:
                 payload=payload,
             )
         )
+
+
+def _provenance(origin: Origin) -> dict[str, Any]:
+    """The instance columns (and event payload keys) that record where it came from."""
+    return {
+        "origin_door": origin.door.value,
+        "calling_aet": origin.calling_aet,
+        "site": origin.site,
+    }
 
 
 class _LostRace(Exception):

@@ -118,7 +118,9 @@ def test_dicomweb_client_stores_and_the_index_counts_them(archive: Archive, serv
     assert "FailedSOPSequence" not in result
     with archive.db.read() as conn:
         row = conn.execute(select(studies.c.num_series, studies.c.num_instances)).one()
+        doors = conn.execute(select(instances.c.origin_door).distinct()).scalars().all()
     assert tuple(row) == (2, 6)
+    assert doors == ["dicomweb"]
     assert len(list(archive.store.list())) == 6
 
 

@@ -25,6 +25,7 @@ from dicomvault.errors import (
     StudyMismatch,
 )
 from dicomvault.ingest import IngestResult
+from dicomvault.model.origin import Door, Origin
 from dicomvault.model.status import FailureReason
 from dicomvault.model.uids import require_uid
 
@@ -97,13 +98,14 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
     if not parts:
         return _error(400, "the multipart body has no parts")
     try:
-        return await _store_parts(archive, parts, study, root_url(request))
+        origin = Origin(Door.DICOMWEB, address=request.client.host if request.client else None)
+        return await _store_parts(archive, parts, study, root_url(request), origin)
     finally:
         close_parts(parts)
 
 
 async def _store_parts(
-    archive: Archive, parts: list[Part], study: str | None, base: str
+    archive: Archive, parts: list[Part], study: str | None, base: str, origin: Origin
 ) -> Response:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -115,7 +117,7 @@ async def _store_parts(
             continue
         try:
             result = await run_in_threadpool(
-                archive.ingestor.ingest, part.file, expected_study_uid=study
+                archive.ingestor.ingest, part.file, expected_study_uid=study, origin=origin
             )
         except InvalidInstance as exc:
             log.info("STOW-RS part refused: %s", exc)

@@ -74,6 +74,8 @@ studies = Table(
     Column("referring_physician", String(324)),
     Column("referring_physician_norm", String(324)),
     Column("description", String(64)),
+    # The site the study belongs to (set by its first instance's origin; see model/origin.py).
+    Column("site", String(64), index=True),
     Column("num_series", Integer, nullable=False, server_default="0"),
     Column("num_instances", Integer, nullable=False, server_default="0"),
     _created(),
@@ -118,6 +120,10 @@ instances = Table(
     Column("pixel_length", BigInteger),
     Column("header", HeaderJSON, nullable=False),
     Column("object_fk", ForeignKey("objects.id"), nullable=False),
+    # Provenance: the door it came through, the sending AE (DIMSE) and its site.
+    Column("origin_door", String(16), nullable=False, server_default="api"),
+    Column("calling_aet", String(16)),
+    Column("site", String(64), index=True),
     _created(),
 )
 
