@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Origins allowed to call DICOMweb from a browser."
     )
     import_workers: int = Field(default=4, ge=1, le=64, description="Parallel bulk imports.")
+    public_url: str | None = Field(
+        default=None,
+        description="The archive's base URL as clients reach it (e.g. behind a reverse proxy: "
+        "https://pacs.example.org); used in RetrieveURL and BulkDataURI. Default: the URL "
+        "each request arrived at.",
+    )
 
     @field_validator("database_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod

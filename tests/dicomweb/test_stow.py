@@ -157,6 +157,8 @@ def test_different_bytes_under_a_stored_uid_are_409_and_the_first_stays(
     assert failure[REASON]["Value"] == [FailureReason.DUPLICATE_SOP_INSTANCE]
     assert uid("conflict/i") in failure[COMMENT]["Value"][0]
     assert "different content" in failure[COMMENT]["Value"][0]
+    assert failure[SOP_INSTANCE]["Value"] == [uid("conflict/i")]
+    assert failure[SOP_CLASS]["Value"] == [CT_IMAGE_STORAGE]
     assert REFERENCED not in response.json()
 
     served = httpx.get(
@@ -168,6 +170,15 @@ def test_different_bytes_under_a_stored_uid_are_409_and_the_first_stays(
     assert _count(archive, objects) == 1
 
 
+def test_a_part_too_damaged_to_name_itself_fails_without_references(server: str) -> None:
+    response = _stow(server, b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    assert response.status_code == 400
+    [failure] = response.json()[FAILED]["Value"]
+    assert failure[REASON]["Value"] == [FailureReason.CANNOT_UNDERSTAND]
+    assert SOP_INSTANCE not in failure
+    assert SOP_CLASS not in failure
+
+
 def test_a_conflict_beside_a_new_instance_is_202(archive: Archive, server: str) -> None:
     assert _stow(server, good("x", seed=1)).status_code == 200
     response = _stow(server, good("x", seed=2), good("y"))
@@ -177,6 +188,21 @@ def test_a_conflict_beside_a_new_instance_is_202(archive: Archive, server: str) 
     assert [f[REASON]["Value"][0] for f in body[FAILED]["Value"]] == [
         FailureReason.DUPLICATE_SOP_INSTANCE
     ]
+
+
+def test_urls_in_responses_use_the_configured_public_url(settings: Settings) -> None:
+    archive = Archive.open(settings.model_copy(update={"public_url": "https://pacs.example.org/"}))
+    try:
+        with running_server(archive) as base:
+            response = _stow(base, good("pub"))
+            metadata = httpx.get(_instance_url(base, "pub") + "/metadata")
+    finally:
+        archive.close()
+    [item] = response.json()[REFERENCED]["Value"]
+    public = "https://pacs.example.org/dicom-web/studies/"
+    assert item[RETRIEVE_URL]["Value"][0].startswith(public)
+    [header] = metadata.json()
+    assert header["7FE00010"]["BulkDataURI"].startswith(public)
 
 
 @pytest.fixture
@@ -315,10 +341,7 @@ def test_a_store_that_cannot_write_is_503_per_part_and_indexes_nothing(
     failures = response.json()[FAILED]["Value"]
     assert len(failures) == 2
     for failure in failures:
-        assert failure[REASON]["Value"][0] in (
-            FailureReason.OUT_OF_RESOURCES,
-            FailureReason.PROCESSING_FAILURE,
-        )
+        assert failure[REASON]["Value"][0] == FailureReason.OUT_OF_RESOURCES
         assert failure[COMMENT]["Value"][0]
     assert (_count(archive, instances), _count(archive, objects), _count(archive, events)) == (
         0,

@@ -301,6 +301,11 @@ def test_a_tampered_object_is_never_served_as_good(
             problems[what] = outcome
     assert problems == {}
 
+    # A single damaged instance is refused before the response starts: a clean 503.
+    refused = httpx.get(_url(server, 0, 1), headers={"Accept": AS_STORED})
+    assert refused.status_code == 503, refused.text[:200]
+    assert refused.json()["error"]
+
     # The archive keeps serving the intact instances and the index's metadata.
     [(_, intact)] = _retrieve(_url(server, 0, 0), AS_STORED)
     assert intact == bytes(128) + stored[_sop(0, 0)][128:]

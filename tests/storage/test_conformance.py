@@ -103,7 +103,7 @@ def test_local_store_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
         yield b"partial"
         raise OSError("client went away")
 
-    with pytest.raises(OSError, match="went away"):
+    with pytest.raises(StorageError, match="went away"):
         store.put(new_key(), broken())
     assert list(store.list()) == []
     assert list((tmp_path / ".tmp").iterdir()) == []

@@ -215,6 +215,9 @@ def _bad_files() -> dict[str, BadFile]:
         ),
         "cut inside an element tag": BadFile(base[: meta_end + 2], truncated),
         "cut inside an element value": BadFile(base[:in_sop], r"declares \d+ bytes but only"),
+        "cut exactly before the pixel data": BadFile(
+            base[:at], "Rows and Columns describe an image but there is no Pixel Data"
+        ),
         "cut inside the pixel data": BadFile(
             base[: at + 12 + pixel_length // 2], r"Pixel Data declares \d+ bytes but only"
         ),

@@ -16,7 +16,11 @@ GZIP_MIN_BYTES = 1024
 
 
 def root_url(request: Request) -> str:
-    """The absolute DICOMweb root (`.../dicom-web`) as the client reached it."""
+    """The absolute DICOMweb root (`.../dicom-web`): under `Settings.public_url` when set
+    (a proxy in front may not pass the Host the client used), else as the request came."""
+    public_url = request.app.state.archive.settings.public_url
+    if public_url:
+        return f"{public_url.rstrip('/')}/dicom-web"
     return str(request.url_for("dicomweb_root")).rstrip("/")
 
 

@@ -8,10 +8,12 @@ then goes through the one ingest function on a worker thread.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import IO, Any
 
+import pydicom
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydicom.tag import Tag
 from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
@@ -27,7 +29,7 @@ from dicomvault.errors import (
 from dicomvault.ingest import IngestResult
 from dicomvault.model.origin import Door, Origin
 from dicomvault.model.status import FailureReason
-from dicomvault.model.uids import require_uid
+from dicomvault.model.uids import is_valid_uid, require_uid
 
 __all__ = ["router"]
 
@@ -40,6 +42,8 @@ _REFERENCED_SOP_SEQUENCE = "00081199"
 _SOP_CLASS = "00081150"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
+_SOP_CLASS_TAG = Tag(0x0008, 0x0016)
+_SOP_INSTANCE_TAG = Tag(0x0008, 0x0018)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -121,21 +125,36 @@ async def _store_parts(
             )
         except InvalidInstance as exc:
             log.info("STOW-RS part refused: %s", exc)
-            failed.append(_failure(FailureReason.CANNOT_UNDERSTAND) | _comment(str(exc)))
+            failed.append(
+                _failure(FailureReason.CANNOT_UNDERSTAND)
+                | _identity(part.file)
+                | _comment(str(exc))
+            )
         except StudyMismatch as exc:
-            failed.append(_failure(FailureReason.DATASET_DOES_NOT_MATCH) | _comment(str(exc)))
+            failed.append(
+                _failure(FailureReason.DATASET_DOES_NOT_MATCH)
+                | _identity(part.file)
+                | _comment(str(exc))
+            )
             conflicts += 1
         except DuplicateConflict as exc:
-            failed.append(_failure(FailureReason.DUPLICATE_SOP_INSTANCE) | _comment(str(exc)))
+            failed.append(
+                _failure(FailureReason.DUPLICATE_SOP_INSTANCE)
+                | _identity(part.file)
+                | _comment(str(exc))
+            )
             conflicts += 1
         except StorageError as exc:
             log.error("STOW-RS storage failure: %s", exc)
-            failed.append(_failure(FailureReason.OUT_OF_RESOURCES) | _comment(str(exc)))
+            failed.append(
+                _failure(FailureReason.OUT_OF_RESOURCES) | _identity(part.file) | _comment(str(exc))
+            )
             server_errors += 1
         except Exception:  # one part's failure must not hide the others' outcomes
             log.exception("STOW-RS part %d failed unexpectedly", number)
             failed.append(
                 _failure(FailureReason.PROCESSING_FAILURE)
+                | _identity(part.file)
                 | _comment(f"part {number} could not be processed (server error)")
             )
             server_errors += 1
@@ -167,6 +186,28 @@ def _status(stored: int, failed: int, conflicts: int, server_errors: int) -> int
     if server_errors == failed:
         return 503  # the parts may be fine; the archive could not keep them
     return 400
+
+
+def _identity(fp: IO[bytes]) -> dict[str, Any]:
+    """The part's SOP Class and Instance UIDs for its FailedSOPSequence item, when readable.
+
+    PS3.18 10.5.3 lets a client match each failure to what it sent; a part too damaged
+    to name itself (or naming itself with malformed UIDs) gets no references.
+    """
+    try:
+        fp.seek(0)
+        ds = pydicom.dcmread(
+            fp, stop_before_pixels=True, specific_tags=[_SOP_CLASS_TAG, _SOP_INSTANCE_TAG]
+        )
+        found = {
+            _SOP_CLASS: str(ds.get("SOPClassUID", "")),
+            _SOP_INSTANCE: str(ds.get("SOPInstanceUID", "")),
+        }
+    except Exception:  # noqa: BLE001 - an unreadable part simply names nothing
+        return {}
+    return {
+        tag: {"vr": "UI", "Value": [value]} for tag, value in found.items() if is_valid_uid(value)
+    }
 
 
 def _comment(text: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ parameter means explicit VR little endian, the standard's default.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import chain
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -77,9 +78,14 @@ async def _retrieve(
     archive: Archive = request.app.state.archive
     syntax = negotiate_transfer_syntax(request.headers.get("accept"))
     found = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
+    bodies = _bodies(archive.store, found, syntax)
+    # The first part is read (and, up to WHOLE_READ_LIMIT, checked) before the status line
+    # goes out, so a damaged single instance is a 503, not a transfer cut in the middle.
+    # Later parts of a study can only abort the transfer: the status is already sent.
+    first = await run_in_threadpool(next, bodies)
     boundary = new_boundary()
     return StreamingResponse(
-        write_parts(boundary, _bodies(archive.store, found, syntax)),
+        write_parts(boundary, chain((first,), bodies)),
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
     )
 

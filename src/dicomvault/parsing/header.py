@@ -173,6 +173,17 @@ def parse_header(fp: IO[bytes], layout: Layout) -> Header:
             f"differs from SOPInstanceUID {sop_uid}"
         )
     if (
+        not layout.has_pixel_data
+        and not layout.has_float_pixel_data
+        and "Rows" in ds
+        and "Columns" in ds
+    ):
+        # The Image Pixel module requires Pixel Data: a file that describes an image and
+        # ends without one was cut short exactly at an element boundary.
+        raise InvalidInstance(
+            "truncated or incomplete: Rows and Columns describe an image but there is no Pixel Data"
+        )
+    if (
         layout.has_pixel_data
         and layout.pixel_length is not None
         and is_native(layout.transfer_syntax)

@@ -40,6 +40,7 @@ MAX_DEPTH = 32
 MAX_INFLATED_BYTES = 1024**3
 UNDEFINED = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
+_FLOAT_PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009})  # Float / Double Float Pixel Data
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
@@ -62,6 +63,7 @@ class Layout:
     pixel_length: int | None  # None: undefined length (encapsulated), or no Pixel Data
     pixel_vr: str | None
     has_pixel_data: bool
+    has_float_pixel_data: bool = False
 
 
 class _Walker:
@@ -71,6 +73,7 @@ class _Walker:
         self.explicit = explicit
         self.endian = "<" if little else ">"
         self.pixel: tuple[int, int | None, str | None] | None = None
+        self.float_pixels = False
 
     def _read(self, n: int, what: str) -> bytes:
         data = self.fp.read(n)
@@ -108,6 +111,8 @@ class _Walker:
             if tag == PIXEL_DATA and depth == 0:
                 self._pixel_data(value_start, length, vr, limit)
                 continue
+            if tag in _FLOAT_PIXEL_DATA and depth == 0:
+                self.float_pixels = True
             opaque = vr in ("UN", None)
             is_sequence = vr == "SQ" or (
                 opaque and (length == UNDEFINED or self._holds_items(value_start, length, limit))
@@ -275,6 +280,7 @@ def read_layout(fp: IO[bytes]) -> Layout:
         pixel_length=pixel[1] if pixel else None,
         pixel_vr=pixel[2] if pixel else None,
         has_pixel_data=pixel is not None,
+        has_float_pixel_data=walker.float_pixels,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,10 +32,10 @@ class LocalStore:
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         final = self._path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         reader = HashingReader(chunks)
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as out:
                 for chunk in reader:
                     out.write(chunk)
@@ -42,9 +43,14 @@ class LocalStore:
                 os.fsync(out.fileno())
             # link() refuses to replace an existing key, which rename() would do silently.
             os.link(tmp, final)
+            _fsync_dir(final.parent)
+        except FileExistsError:
+            raise
+        except OSError as exc:  # a full disk, a read-only mount: one error type for callers
+            raise StorageError(f"cannot write object {key}: {exc.strerror or exc}") from exc
         finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+            with suppress(OSError):  # cleanup must not hide the error that brought us here
+                tmp.unlink(missing_ok=True)
         return PutResult(key=key, size=reader.size, sha256=reader.hexdigest())
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
