@@ -259,6 +259,26 @@ def open_image(
     return ImageInstance(store, stored, instance_header(db, study_uid, series_uid, sop_uid))
 
 
+def images_of(
+    db: Database, store: ObjectStore, study_uid: str, series_uid: str | None = None
+) -> list[ImageInstance]:
+    """Every image instance (one with Rows and Columns) of a study or series, in order.
+
+    Headers are read here, from the index; pixels only when a frame is asked for.
+    """
+    return [
+        ImageInstance(store, i, instance_header(db, i.study_uid, i.series_uid, i.sop_uid))
+        for i in _stored_images(db, study_uid, series_uid)
+    ]
+
+
+def _stored_images(db: Database, study_uid: str, series_uid: str | None) -> list[StoredInstance]:
+    found = [i for i in find_instances(db, study_uid, series_uid) if i.rows and i.columns]
+    if not found:
+        raise NotFound("no image instance to show: nothing here has Rows and Columns")
+    return found
+
+
 def representative_image(
     db: Database, store: ObjectStore, study_uid: str, series_uid: str | None = None
 ) -> ImageInstance:
@@ -266,9 +286,7 @@ def representative_image(
 
     Only index rows are read for the choice; one header and one instance's pixels after.
     """
-    found = [i for i in find_instances(db, study_uid, series_uid) if i.rows and i.columns]
-    if not found:
-        raise NotFound("no image instance to show: nothing here has Rows and Columns")
+    found = _stored_images(db, study_uid, series_uid)
     first_series = [i for i in found if i.series_uid == found[0].series_uid]
     chosen = first_series[(len(first_series) - 1) // 2]
     header = instance_header(db, chosen.study_uid, chosen.series_uid, chosen.sop_uid)

@@ -32,6 +32,7 @@ __all__ = [
     "JPEG",
     "PNG",
     "RenderOptions",
+    "Viewport",
     "Window",
     "parse_quality",
     "parse_viewport",
@@ -77,7 +78,7 @@ class Window:
 class RenderOptions:
     media_type: str = JPEG
     window: Window | None = None
-    viewport: tuple[int, int] | None = None
+    viewport: Viewport | None = None
     quality: int = DEFAULT_QUALITY
 
 
@@ -117,18 +118,60 @@ def _valid_width(width: float, function: VoiFunction) -> bool:
     return width >= 1 if function is VoiFunction.LINEAR else width > 0
 
 
-def parse_viewport(text: str) -> tuple[int, int]:
-    """`width,height` in pixels; the image is scaled down into it, keeping its aspect."""
-    example = "viewport=width,height, e.g. viewport=256,256"
-    parts = _numbers(text, "viewport", example)
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InvalidQuery(
-            f"viewport={text[:80]!r}: expected {example} (source regions are not supported)"
-        )
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    """PS3.18 `viewport=vw,vh[,sx,sy,sw,sh]`: the output box and an optional source region.
+
+    The region's top-left corner is (sx, sy); a negative sw or sh takes the region
+    leftwards or upwards from there and flips the image. The result is scaled
+    down to fit the box with its aspect kept (never enlarged).
+    """
+
+    width: int
+    height: int
+    region: tuple[int, int, int, int] | None = None
+
+
+def parse_viewport(text: str) -> Viewport:
+    example = "viewport=width,height[,sx,sy,sw,sh], e.g. viewport=256,256 or 256,256,0,0,128,128"
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (2, 6) or not all(_is_int(p) for p in parts if p) or not all(parts[:2]):
+        raise InvalidQuery(f"viewport={text[:80]!r}: expected {example}")
     width, height = int(parts[0]), int(parts[1])
     if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
         raise InvalidQuery(f"viewport={text[:80]!r}: each side must be 1 to {MAX_VIEWPORT}")
-    return width, height
+    if len(parts) == 2 or not any(parts[2:]):
+        return Viewport(width, height)
+    sx, sy = (int(p) if p else 0 for p in parts[2:4])
+    sw, sh = (int(p) if p else 0 for p in parts[4:6])  # 0: to the image's edge
+    if sx < 0 or sy < 0:
+        raise InvalidQuery(f"viewport={text[:80]!r}: sx and sy are offsets, 0 or more")
+    return Viewport(width, height, (sx, sy, sw, sh))
+
+
+def _is_int(text: str) -> bool:
+    return text.removeprefix("-").isdigit()
+
+
+def _crop(image: Image.Image, region: tuple[int, int, int, int]) -> Image.Image:
+    """The source region of `image`, flipped where its width or height is negative."""
+    sx, sy, sw, sh = region
+    sw = sw or image.width - sx
+    sh = sh or image.height - sy
+    left, right = sorted((sx, sx + sw))
+    top, bottom = sorted((sy, sy + sh))
+    if left < 0 or top < 0 or right > image.width or bottom > image.height or left == right:
+        raise InvalidQuery(
+            f"viewport source region {region} lies outside the {image.width}x{image.height} image"
+        )
+    if top == bottom:
+        raise InvalidQuery(f"viewport source region {region} is empty")
+    cropped = image.crop((left, top, right, bottom))
+    if sw < 0:
+        cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if sh < 0:
+        cropped = cropped.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return cropped
 
 
 def parse_quality(text: str) -> int:
@@ -191,7 +234,9 @@ def render(arr: np.ndarray, attrs: Dataset, options: RenderOptions) -> bytes:
     else:
         raise NotAcceptable(f"cannot render photometric interpretation {photometric!r}")
     if options.viewport is not None:
-        image.thumbnail(options.viewport, Image.Resampling.LANCZOS)
+        if options.viewport.region is not None:
+            image = _crop(image, options.viewport.region)
+        image.thumbnail((options.viewport.width, options.viewport.height), Image.Resampling.LANCZOS)
     out = BytesIO()
     if options.media_type == JPEG:
         image.save(out, format="JPEG", quality=options.quality)

@@ -82,7 +82,8 @@ def stored(archive: Archive) -> dict[str, Dataset]:
     icon["PixelData"].VR = "OB"
     native.IconImageSequence = [icon]
 
-    del made["noimage"].PixelData
+    for keyword in ("PixelData", "Rows", "Columns"):  # an instance that is not an image
+        delattr(made["noimage"], keyword)
     for ds in made.values():
         archive.ingestor.ingest(BytesIO(to_bytes(ds)))
     return made
@@ -430,6 +431,18 @@ def test_window_viewport_and_quality_change_the_output(
     )
     assert tall.shape[:2] == (16, 11)  # 48x32 (rows x columns) scaled by 1/3, rounded
 
+    # Source regions: the top-left quadrant; the same flipped; to the image's edges.
+    def region(value: str) -> np.ndarray:
+        return _image(httpx.get(url, headers=png, params={"viewport": value}))
+
+    quadrant = stored_window[:32, :32]
+    assert np.array_equal(region("64,64,0,0,32,32"), quadrant)  # not enlarged
+    assert np.array_equal(region("64,64,32,0,-32,32"), quadrant[:, ::-1])
+    assert np.array_equal(region("64,64,0,32,32,-32"), quadrant[::-1, :])
+    assert np.array_equal(region("64,64,48,40,,"), stored_window[40:, 48:])
+    assert np.array_equal(region("64,64,,,,"), stored_window)
+    assert region("8,8,0,0,32,32").shape == (8, 8)
+
     jpeg = httpx.get(url)  # JPEG is the default
     assert _image(jpeg, "image/jpeg").shape == (64, 64)
     low = httpx.get(url, params={"quality": "5"})
@@ -445,6 +458,15 @@ def test_rendered_frames_and_colour(stored: dict[str, Dataset], server: str) -> 
     for pixels, index in zip(frames, (0, 3), strict=True):
         assert np.abs(pixels.astype(int) - _windowed(original[index], 40, 400)).max() <= 1
     assert np.array_equal(_image(httpx.get(f"{base}/rendered", headers=png)), frames[0])
+
+    several = httpx.get(
+        f"{base}/frames/1,4/rendered", headers={"Accept": 'multipart/related; type="image/png"'}
+    )
+    assert several.status_code == 200, several.text
+    parts = _parts(several)
+    assert [media for media, _ in parts] == ["image/png", "image/png"]
+    for (_, body), expected in zip(parts, frames, strict=True):
+        assert np.array_equal(np.asarray(Image.open(BytesIO(body))), expected)
 
     compressed = _image(httpx.get(_url(server, "jpegls") + "/frames/2/rendered", headers=png))
     assert np.abs(compressed.astype(int) - _windowed(ct_image(64, 2, 3)[1], 40, 400)).max() <= 1
@@ -464,12 +486,17 @@ def test_rendered_frames_and_colour(stored: dict[str, Dataset], server: str) -> 
         ("single", "/rendered", {"viewport": "0,10"}, None, 400),
         ("single", "/rendered", {"viewport": "a,b"}, None, 400),
         ("single", "/rendered", {"viewport": "64"}, None, 400),
+        ("single", "/rendered", {"viewport": "64,64,0,0,32"}, None, 400),
+        ("single", "/rendered", {"viewport": "64,64,0,0,65,10"}, None, 400),
+        ("single", "/rendered", {"viewport": "64,64,-1,0,10,10"}, None, 400),
+        ("single", "/rendered", {"viewport": "64,64,10,0,-11,10"}, None, 400),
+        ("single", "/rendered", {"viewport": "64,64,64,0,,"}, None, 400),
         ("single", "/rendered", {"quality": "0"}, None, 400),
         ("single", "/rendered", {"quality": "101"}, None, 400),
         ("single", "/rendered", {"quality": "high"}, None, 400),
         ("single", "/rendered", {}, "image/gif", 406),
         ("single", "/rendered", {}, "application/dicom", 406),
-        ("native", "/frames/1,2/rendered", {}, None, 406),
+        ("native", "/frames/1,2/rendered", {}, 'multipart/related; type="image/gif"', 406),
         ("native", "/frames/9/rendered", {}, None, 404),
         ("native", "/frames/x/rendered", {}, None, 400),
         ("noimage", "/rendered", {}, None, 404),
@@ -525,6 +552,18 @@ def test_thumbnails_show_a_representative_instance(archive: Archive, server: str
     assert not np.array_equal(second, study_thumb)
     full = _image(httpx.get(f"{middle}/rendered", headers=png))
     assert full.shape == (256, 256)
+
+    # Rendered series and study: every image's first frame, one part each, in order.
+    multipart_png = {"Accept": 'multipart/related; type="image/png"'}
+    series_parts = _parts(httpx.get(f"{root}/series/{series[0]}/rendered", headers=multipart_png))
+    study_parts = _parts(httpx.get(f"{root}/rendered", headers=multipart_png))
+    assert len(series_parts) == 3
+    assert len(study_parts) == 6
+    assert {media for media, _ in study_parts} == {"image/png"}
+    assert np.array_equal(np.asarray(Image.open(BytesIO(series_parts[1][1]))), full)
+    assert [body for _, body in study_parts[:3]] == [body for _, body in series_parts]
+    assert _parts(httpx.get(f"{root}/rendered"))[0][0] == "image/jpeg"
+    _error(httpx.get(f"{server}/dicom-web/studies/1.2.3/rendered"), 404)
 
     jpeg = httpx.get(f"{root}/thumbnail", params={"viewport": "64,64"})
     assert _image(jpeg, "image/jpeg").shape == (64, 64)

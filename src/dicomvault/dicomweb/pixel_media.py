@@ -115,10 +115,19 @@ def negotiate_bulk(accept: str | None) -> bool:
 
 
 def negotiate_rendered(accept: str | None) -> str:
-    """image/jpeg (the default) or image/png; NotAcceptable otherwise."""
+    """image/jpeg (the default) or image/png; NotAcceptable otherwise.
+
+    `multipart/related; type=image/...` (how several rendered images are asked for)
+    names the same choice.
+    """
     for media in parse_accept(accept):
         if media.type in (JPEG, PNG):
             return media.type
+        if media.type == "multipart/related":
+            inner = media.params.get("type", JPEG).lower()
+            if inner in (JPEG, PNG):
+                return inner
+            continue
         if media.type in ("image/*", "*/*"):
             return JPEG
     raise NotAcceptable(f"rendered images are served as {JPEG} or {PNG}")

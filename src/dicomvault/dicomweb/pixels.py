@@ -10,7 +10,7 @@ status rather than a transfer cut off midway.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -26,12 +26,18 @@ from dicomvault.dicomweb.pixel_media import (
     negotiate_rendered,
     part_content_type,
 )
-from dicomvault.errors import NotAcceptable
-from dicomvault.frames import PIXEL_DATA, ImageInstance, open_image, representative_image
+from dicomvault.frames import (
+    PIXEL_DATA,
+    ImageInstance,
+    images_of,
+    open_image,
+    representative_image,
+)
 from dicomvault.model.uids import require_uid
 from dicomvault.render import (
     DEFAULT_QUALITY,
     RenderOptions,
+    Viewport,
     parse_quality,
     parse_viewport,
     parse_window,
@@ -44,7 +50,7 @@ __all__ = ["router"]
 router = APIRouter()
 
 INSTANCE = "/studies/{study}/series/{series}/instances/{sop}"
-THUMBNAIL_VIEWPORT = (128, 128)
+THUMBNAIL_VIEWPORT = Viewport(128, 128)
 
 
 def _uids(study: str, series: str, sop: str) -> tuple[str, str, str]:
@@ -123,7 +129,7 @@ async def retrieve_bulkdata(
     return Response(value, media_type=OCTET_STREAM)
 
 
-def _render_options(request: Request, viewport: tuple[int, int] | None = None) -> RenderOptions:
+def _render_options(request: Request, viewport: Viewport | None = None) -> RenderOptions:
     query = request.query_params
     media_type = negotiate_rendered(request.headers.get("accept"))
     return RenderOptions(
@@ -146,16 +152,46 @@ async def rendered_instance(request: Request, study: str, series: str, sop: str)
     return await _rendered(await _image(request, study, series, sop), 1, options)
 
 
+async def _rendered_parts(
+    options: RenderOptions, frames: Iterable[tuple[ImageInstance, int]]
+) -> Response:
+    """Several rendered frames, one image per part of a multipart/related answer."""
+    bodies = (render_frame(image, number, options) for image, number in frames)
+    return await _multipart(options.media_type, bodies, one_part=False)
+
+
 @router.get(INSTANCE + "/frames/{frame_list}/rendered")
 async def rendered_frame(
     request: Request, study: str, series: str, sop: str, frame_list: str
 ) -> Response:
+    """One frame as an image; several as a multipart/related of images."""
     options = _render_options(request)
     image = await _image(request, study, series, sop)
     numbers = image.frame_numbers(frame_list)
-    if len(numbers) != 1:
-        raise NotAcceptable(f"{options.media_type} holds one frame: ask for one frame at a time")
-    return await _rendered(image, numbers[0], options)
+    if len(numbers) == 1:
+        return await _rendered(image, numbers[0], options)
+    return await _rendered_parts(options, ((image, n) for n in numbers))
+
+
+@router.get("/studies/{study}/series/{series}/rendered")
+async def rendered_series(request: Request, study: str, series: str) -> Response:
+    """The first frame of every image of the series, one part each."""
+    options = _render_options(request)
+    archive = _archive(request)
+    study_uid = require_uid(study, "StudyInstanceUID")
+    series_uid = require_uid(series, "SeriesInstanceUID")
+    images = await run_in_threadpool(images_of, archive.db, archive.store, study_uid, series_uid)
+    return await _rendered_parts(options, ((image, 1) for image in images))
+
+
+@router.get("/studies/{study}/rendered")
+async def rendered_study(request: Request, study: str) -> Response:
+    """The first frame of every image of the study, one part each."""
+    options = _render_options(request)
+    archive = _archive(request)
+    study_uid = require_uid(study, "StudyInstanceUID")
+    images = await run_in_threadpool(images_of, archive.db, archive.store, study_uid)
+    return await _rendered_parts(options, ((image, 1) for image in images))
 
 
 async def _thumbnail(request: Request, image: ImageInstance) -> Response:
