@@ -30,7 +30,7 @@ from dicomvault.errors import InvalidQuery, NotAcceptable, NotFound, StorageErro
 from dicomvault.index.db import Database
 from dicomvault.model.transfer_syntax import is_native
 from dicomvault.retrieve import StoredInstance, find_instances, instance_header, load_dataset
-from dicomvault.storage import ObjectStore
+from dicomvault.storage import ObjectStore, verified_range
 
 __all__ = ["ImageInstance", "open_image", "parse_frame_list", "representative_image"]
 
@@ -171,17 +171,28 @@ class ImageInstance:
             assert self.stored.pixel_offset is not None
             start = self.stored.pixel_offset
             length = math.ceil(geometry.frame_bits * geometry.frames / 8)
-            yield from self.store.iter_bytes(self.stored.key, start, start + length)
+            yield from self._range(start, start + length)
             return
         for number in range(1, geometry.frames + 1):
             yield self.native_frame(number)
+
+    def _range(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of the stored object, checked against its block digests.
+
+        Objects recorded before block digests existed are read unchecked here (a
+        whole-object read, as for compressed frames, is checked by its SHA-256).
+        """
+        if self.stored.blocks:
+            return verified_range(self.store, self.stored.key, start, end, self.stored.blocks)
+        return self.store.iter_bytes(self.stored.key, start, end)
 
     def _ranged_frame(self, number: int) -> bytes:
         assert self.stored.pixel_offset is not None
         bits = self.geometry.frame_bits
         first_bit = (number - 1) * bits
         start, end = first_bit // 8, math.ceil((first_bit + bits) / 8)
-        data = self.store.read_range(self.stored.key, self.stored.pixel_offset + start, end - start)
+        offset = self.stored.pixel_offset
+        data = b"".join(self._range(offset + start, offset + end))
         if len(data) != end - start:
             raise StorageError(
                 f"object {self.stored.key} ends inside frame {number} "

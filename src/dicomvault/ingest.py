@@ -207,6 +207,7 @@ class Ingestor:
                 key=put.key,
                 size=put.size,
                 sha256=put.sha256,
+                block_sha256=put.blocks or None,
             )
             .returning(objects.c.id)
         ).scalar_one()

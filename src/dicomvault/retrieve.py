@@ -58,6 +58,7 @@ class StoredInstance:
     number_of_frames: int | None
     pixel_offset: int | None
     pixel_length: int | None
+    blocks: bytes | None  # per-block digests of the object (storage/base.py)
 
 
 def _scope(query: Any, study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
@@ -99,6 +100,7 @@ def find_instances(
             instances.c.number_of_frames,
             instances.c.pixel_offset,
             instances.c.pixel_length,
+            objects.c.block_sha256,
         ).select_from(_joined().join(objects, objects.c.id == instances.c.object_fk)),
         study_uid,
         series_uid,
@@ -179,13 +181,13 @@ def element_value(store: ObjectStore, instance: StoredInstance, path: str) -> by
 def instance_bytes(store: ObjectStore, instance: StoredInstance) -> Iterator[bytes]:
     """The stored Part 10 bytes, checked against their recorded SHA-256."""
     if instance.size <= WHOLE_READ_LIMIT:
-        return iter((read_verified(store, instance.key, instance.sha256),))
-    return verified(store, instance.key, instance.sha256)
+        return iter((read_verified(store, instance.key, instance.sha256, instance.blocks or b""),))
+    return verified(store, instance.key, instance.sha256, instance.blocks or b"")
 
 
 def load_dataset(store: ObjectStore, instance: StoredInstance) -> Dataset:
     """The whole instance parsed by pydicom, after its SHA-256 has been checked."""
-    data = read_verified(store, instance.key, instance.sha256)
+    data = read_verified(store, instance.key, instance.sha256, instance.blocks or b"")
     return pydicom.dcmread(BytesIO(data))
 
 

@@ -7,6 +7,7 @@ windowing formula.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import BytesIO
 
 import httpx
@@ -28,6 +29,7 @@ STUDY = uid("pixels/study")
 SERIES = uid("pixels/series")
 OTHER_SERIES = uid("pixels/series-2")
 OCTET = 'multipart/related; type="application/octet-stream"'
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 def _sop(name: str) -> str:
@@ -253,35 +255,57 @@ def test_bad_uid_in_a_frame_url_is_400(stored: dict[str, Dataset], server: str) 
     _error(httpx.get(url), 400)
 
 
-def test_native_frames_come_from_a_ranged_read(
-    archive: Archive, stored: dict[str, Dataset], server: str
-) -> None:
-    """A byte changed in the header breaks the object's checksum: whole-object reads
-    refuse it, while a native frame, read by range from the Pixel Data, still serves."""
+def _rewrite_object(archive: Archive, sop: str, change: Callable[[bytearray], None]) -> None:
+    """Change a stored object behind the archive's back, as a disk or a bucket would."""
     with archive.db.read() as conn:
-        key = conn.execute(
-            select(objects.c.key).where(objects.c.sop_uid == _sop("native"))
-        ).scalar_one()
+        key = conn.execute(select(objects.c.key).where(objects.c.sop_uid == sop)).scalar_one()
     data = bytearray(b"".join(archive.store.iter_bytes(key)))
-    at = data.index(b"Doe^Jane")
-    data[at] ^= 0x20  # "doe^Jane": same length, different bytes
+    change(data)
     archive.store.delete(key)
     if isinstance(archive.store, LocalStore):
         (archive.store.root / key).write_bytes(bytes(data))
     else:
         archive.store.put(key, [bytes(data)])
 
-    frame = _parts(httpx.get(_url(server, "native") + "/frames/2"))
-    assert frame[0][1] == ct_image(64, 1, 4)[1].tobytes()
-    _error(httpx.get(_url(server, "native") + "/bulkdata/60003000"), 503)
-    try:  # WADO-RS retrieve streams, so it may abort the transfer instead of answering 503
-        whole = httpx.get(
-            _url(server, "native"),
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-        )
-    except httpx.HTTPError:
-        return
-    assert whole.status_code == 503
+
+def test_native_frames_are_ranged_reads_checked_block_by_block(
+    archive: Archive, server: str
+) -> None:
+    """Four 512x512x16 frames (2 MiB of pixels, three 1 MiB blocks with the header).
+
+    A byte changed in the header breaks block 0 only: the frame in that block and
+    every whole-object read are refused with 503, while the last frame, read by
+    range from blocks the change did not touch, still serves, checked.
+    """
+    ds = _make("big", frames=4, size=512, seed=5)
+    archive.ingestor.ingest(BytesIO(to_bytes(ds)))
+    frames = ct_image(512, 5, 4)
+    url = _url(server, "big")
+    assert _parts(httpx.get(url + "/frames/4"))[0][1] == frames[3].tobytes()
+
+    def rename(data: bytearray) -> None:
+        data[data.index(b"Doe^Jane")] ^= 0x20  # "doe^Jane": same length, different bytes
+
+    _rewrite_object(archive, _sop("big"), rename)
+    assert _parts(httpx.get(url + "/frames/4"))[0][1] == frames[3].tobytes()
+    _error(httpx.get(url + "/frames/1"), 503)
+    _error(
+        httpx.get(url + "/bulkdata/7FE00010", headers={"Accept": "application/octet-stream"}), 503
+    )
+    _error(httpx.get(url, headers={"Accept": AS_STORED}), 503)
+
+
+def test_a_changed_pixel_is_never_served(archive: Archive, server: str) -> None:
+    ds = _make("rot", frames=4, size=512, seed=6)
+    archive.ingestor.ingest(BytesIO(to_bytes(ds)))
+    url = _url(server, "rot")
+
+    def flip_last_pixel(data: bytearray) -> None:
+        data[-1] ^= 0xFF
+
+    _rewrite_object(archive, _sop("rot"), flip_last_pixel)
+    _error(httpx.get(url + "/frames/4"), 503)
+    assert _parts(httpx.get(url + "/frames/1"))[0][1] == ct_image(512, 6, 4)[0].tobytes()
 
 
 def test_one_bit_frames_that_do_not_start_on_a_byte(archive: Archive, server: str) -> None:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from dicomvault.errors import ChecksumMismatch, ObjectNotFound, StorageError
-from dicomvault.storage import LocalStore, MemoryStore, ObjectStore, new_key, verified
+from dicomvault.storage import (
+    LocalStore,
+    MemoryStore,
+    ObjectStore,
+    new_key,
+    read_range_verified,
+    verified,
+)
+from dicomvault.storage.base import BLOCK_SIZE
 from dicomvault.storage.s3 import S3Store
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
@@ -47,6 +55,9 @@ def test_ranged_reads(store: ObjectStore) -> None:
     assert store.read_range(key, 10, 5) == data[10:15]
     assert b"".join(store.iter_bytes(key, 1000, 1100)) == data[1000:1100]
     assert b"".join(store.iter_bytes(key, 25_000)) == data[25_000:]
+    assert b"".join(store.iter_bytes(key, 25_590, 25_700)) == data[25_590:]  # clipped at the end
+    assert b"".join(store.iter_bytes(key, 30_000, 30_100)) == b""  # wholly past the end
+    assert b"".join(store.iter_bytes(key, 30_000)) == b""
 
 
 def test_put_never_overwrites(store: ObjectStore) -> None:
@@ -83,6 +94,69 @@ def test_verified_read_detects_a_wrong_checksum(store: ObjectStore) -> None:
     store.put(key, [b"payload"])
     with pytest.raises(ChecksumMismatch):
         b"".join(verified(store, key, hashlib.sha256(b"other").hexdigest()))
+
+
+def _put_blocks(store: ObjectStore, data: bytes) -> tuple[str, bytes]:
+    key = new_key()
+    result = store.put(key, [data[i : i + 300_000] for i in range(0, len(data), 300_000)])
+    return key, result.blocks
+
+
+def _replace(store: ObjectStore, key: str, data: bytes) -> None:
+    store.delete(key)
+    store.put(key, [data])
+
+
+def test_put_records_a_digest_per_block(store: ObjectStore) -> None:
+    data = secrets.token_bytes(2 * BLOCK_SIZE + 1000)
+    _key, blocks = _put_blocks(store, data)
+    expected = b"".join(
+        hashlib.sha256(data[i : i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)
+    )
+    assert blocks == expected
+    assert len(blocks) == 3 * 32
+
+
+def test_checked_ranges_read_back_exactly(store: ObjectStore) -> None:
+    data = secrets.token_bytes(2 * BLOCK_SIZE + 1000)
+    key, blocks = _put_blocks(store, data)
+    for start, length in (
+        (0, 10),
+        (BLOCK_SIZE - 5, 10),  # across a block boundary
+        (BLOCK_SIZE, BLOCK_SIZE),  # exactly one block
+        (2 * BLOCK_SIZE + 900, 100),  # inside the short last block
+        (7, 2 * BLOCK_SIZE + 900),  # nearly everything
+    ):
+        assert (
+            read_range_verified(store, key, start, length, blocks) == data[start : start + length]
+        )
+    assert b"".join(verified(store, key, hashlib.sha256(data).hexdigest(), blocks)) == data
+
+
+def test_a_changed_block_stops_the_read_before_any_of_its_bytes(store: ObjectStore) -> None:
+    data = secrets.token_bytes(3 * BLOCK_SIZE)
+    key, blocks = _put_blocks(store, data)
+    damaged = bytearray(data)
+    damaged[BLOCK_SIZE + 7] ^= 1  # block 1
+    _replace(store, key, bytes(damaged))
+
+    assert read_range_verified(store, key, 0, 100, blocks) == data[:100]  # block 0 intact
+    assert read_range_verified(store, key, 2 * BLOCK_SIZE, 50, blocks) == data[-BLOCK_SIZE:][:50]
+    with pytest.raises(ChecksumMismatch, match="block 1"):
+        read_range_verified(store, key, BLOCK_SIZE - 10, 20, blocks)
+    stream = verified(store, key, hashlib.sha256(data).hexdigest(), blocks)
+    assert next(stream) == data[:BLOCK_SIZE]
+    with pytest.raises(ChecksumMismatch, match="block 1"):
+        next(stream)  # nothing of the damaged block goes out
+
+
+def test_a_shortened_object_is_refused_on_a_checked_read(store: ObjectStore) -> None:
+    data = secrets.token_bytes(2 * BLOCK_SIZE)
+    key, blocks = _put_blocks(store, data)
+    _replace(store, key, data[:BLOCK_SIZE])  # cut exactly at a block boundary
+    assert read_range_verified(store, key, 0, 10, blocks) == data[:10]
+    with pytest.raises(ChecksumMismatch, match="shorter"):
+        read_range_verified(store, key, BLOCK_SIZE, 10, blocks)
 
 
 def test_keys_are_unique() -> None:

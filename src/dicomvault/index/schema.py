@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -136,6 +137,9 @@ objects = Table(
     Column("key", Text, nullable=False, unique=True),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
+    # SHA-256 of each 1 MiB block, concatenated (storage/base.py): ranges are checked
+    # by reading only their blocks. NULL for objects written before block digests.
+    Column("block_sha256", LargeBinary),
     Column("tier", String(16), nullable=False, server_default="hot"),
     # current: served for its instance; superseded: an older version kept by policy.
     Column("state", String(16), nullable=False, server_default="current"),

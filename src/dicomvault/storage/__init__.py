@@ -16,8 +16,10 @@ from dicomvault.storage.base import (
     ObjectStore,
     PutResult,
     new_key,
+    read_range_verified,
     read_verified,
     verified,
+    verified_range,
 )
 from dicomvault.storage.local import LocalStore
 from dicomvault.storage.memory import MemoryStore
@@ -30,8 +32,10 @@ __all__ = [
     "PutResult",
     "new_key",
     "open_store",
+    "read_range_verified",
     "read_verified",
     "verified",
+    "verified_range",
 ]
 
 

@@ -51,7 +51,7 @@ class LocalStore:
         finally:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
                 tmp.unlink(missing_ok=True)
-        return PutResult(key=key, size=reader.size, sha256=reader.hexdigest())
+        return reader.result(key)
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(key)

@@ -24,7 +24,7 @@ class MemoryStore:
             if key in self._objects:
                 raise FileExistsError(key)
             self._objects[key] = data
-        return PutResult(key=key, size=reader.size, sha256=reader.hexdigest())
+        return reader.result(key)
 
     def _get(self, key: str) -> bytes:
         try:
