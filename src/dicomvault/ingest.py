@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import IO, Any
 
-from sqlalchemy import Connection, String, Table, func, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomvault.config import DuplicatePolicy
@@ -87,6 +87,45 @@ def _sha256(fp: IO[bytes]) -> str:
 
 
 _API = Origin()
+
+# The statements of the hot path, built once: building and cache-keying a statement
+# per call costs about as much as running it on SQLite.
+_EXISTING = (
+    select(
+        instances.c.id,
+        objects.c.id,
+        objects.c.key,
+        objects.c.sha256,
+        studies.c.study_uid,
+        series.c.series_uid,
+    )
+    .join(objects, objects.c.id == instances.c.object_fk)
+    .join(series, series.c.id == instances.c.series_fk)
+    .join(studies, studies.c.id == instances.c.study_fk)
+    .where(instances.c.sop_uid == bindparam("sop_uid"))
+)
+_KNOWN_SERIES = (
+    select(series.c.study_fk, series.c.id, studies.c.study_uid)
+    .join(studies, studies.c.id == series.c.study_fk)
+    .where(series.c.series_uid == bindparam("series_uid"))
+)
+_INSERT_OBJECT = objects.insert().returning(objects.c.id)
+_INSERT_INSTANCE = instances.insert()
+_INSERT_EVENT = events.insert()
+_COUNT_STUDY = (
+    update(studies)
+    .where(studies.c.id == bindparam("row"))
+    .values(
+        num_instances=studies.c.num_instances + 1,
+        num_series=studies.c.num_series + bindparam("new_series"),
+        updated_at=func.now(),
+    )
+)
+_COUNT_SERIES = (
+    update(series)
+    .where(series.c.id == bindparam("row"))
+    .values(num_instances=series.c.num_instances + 1)
+)
 
 
 class Ingestor:
@@ -154,22 +193,8 @@ class Ingestor:
             )
 
     def _existing(self, sop_uid: str) -> _Existing | None:
-        query = (
-            select(
-                instances.c.id,
-                objects.c.id,
-                objects.c.key,
-                objects.c.sha256,
-                studies.c.study_uid,
-                series.c.series_uid,
-            )
-            .join(objects, objects.c.id == instances.c.object_fk)
-            .join(series, series.c.id == instances.c.series_fk)
-            .join(studies, studies.c.id == instances.c.study_fk)
-            .where(instances.c.sop_uid == sop_uid)
-        )
         with self.db.read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
         return _Existing(*row) if row else None
 
     def _store_new(
@@ -200,16 +225,15 @@ class Ingestor:
         origin: Origin,
     ) -> Outcome:
         object_id = conn.execute(
-            objects.insert()
-            .values(
-                sop_uid=header.sop_uid,
-                store=self.store.url,
-                key=put.key,
-                size=put.size,
-                sha256=put.sha256,
-                block_sha256=put.blocks or None,
-            )
-            .returning(objects.c.id)
+            _INSERT_OBJECT,
+            {
+                "sop_uid": header.sop_uid,
+                "store": self.store.url,
+                "key": put.key,
+                "size": put.size,
+                "sha256": put.sha256,
+                "block_sha256": put.blocks or None,
+            },
         ).scalar_one()
         provenance = _fit(instances, _provenance(origin))
         if existing is not None:
@@ -218,34 +242,23 @@ class Ingestor:
         study_id, series_id, new_series = self._levels(conn, header, origin)
         try:
             conn.execute(
-                instances.insert().values(
-                    sop_uid=header.sop_uid,
-                    series_fk=series_id,
-                    study_fk=study_id,
-                    header=header.json,
-                    object_fk=object_id,
+                _INSERT_INSTANCE,
+                {
+                    "sop_uid": header.sop_uid,
+                    "series_fk": series_id,
+                    "study_fk": study_id,
+                    "header": header.json,
+                    "object_fk": object_id,
                     **_fit(instances, header.instance),
                     **provenance,
-                )
+                },
             )
         except IntegrityError as exc:
             # The whole transaction rolls back and the new object is deleted by the
             # caller; `ingest` then decides again against the winner's row.
             raise _LostRace from exc
-        conn.execute(
-            update(studies)
-            .where(studies.c.id == study_id)
-            .values(
-                num_instances=studies.c.num_instances + 1,
-                num_series=studies.c.num_series + (1 if new_series else 0),
-                updated_at=func.now(),
-            )
-        )
-        conn.execute(
-            update(series)
-            .where(series.c.id == series_id)
-            .values(num_instances=series.c.num_instances + 1)
-        )
+        conn.execute(_COUNT_STUDY, {"row": study_id, "new_series": 1 if new_series else 0})
+        conn.execute(_COUNT_SERIES, {"row": series_id})
         self._event(conn, "instance.stored", header, put.size, provenance)
         return Outcome.STORED
 
@@ -255,11 +268,7 @@ class Ingestor:
         The common case (more instances of a series already indexed) is one SELECT;
         only a new series or study pays for the insert-or-select of each level.
         """
-        known = conn.execute(
-            select(series.c.study_fk, series.c.id, studies.c.study_uid)
-            .join(studies, studies.c.id == series.c.study_fk)
-            .where(series.c.series_uid == header.series_uid)
-        ).first()
+        known = conn.execute(_KNOWN_SERIES, {"series_uid": header.series_uid}).first()
         if known is not None:
             if known.study_uid != header.study_uid:
                 raise StudyMismatch(
@@ -333,13 +342,14 @@ class Ingestor:
         if size is not None:
             payload["size"] = size
         conn.execute(
-            events.insert().values(
-                kind=kind,
-                study_uid=header.study_uid,
-                series_uid=header.series_uid,
-                sop_uid=header.sop_uid,
-                payload=payload,
-            )
+            _INSERT_EVENT,
+            {
+                "kind": kind,
+                "study_uid": header.study_uid,
+                "series_uid": header.series_uid,
+                "sop_uid": header.sop_uid,
+                "payload": payload,
+            },
         )
 
 
