@@ -33,8 +33,11 @@ def _free_port() -> int:
 
 
 class TempPostgres:
-    def __init__(self, bindir: Path) -> None:
+    """A throw-away server; `durable=False` (tests) turns fsync off, benchmarks keep it on."""
+
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable
         self.dir = Path(tempfile.mkdtemp(prefix="dicomvault-pg-"))
         self.port = _free_port()
         self._as_user: list[str] = []
@@ -60,10 +63,10 @@ class TempPostgres:
             "UTF8",
             "--locale=C.UTF-8",
         )
-        options = (
-            f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-k {self.dir} -p {self.port} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",

@@ -1,0 +1,289 @@
+"""`python -m benchmarks run`: the whole comparison in one command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import data, measure
+from benchmarks.backends import BACKENDS, backend_env
+from benchmarks.cstore import STORESCU, storescu
+from benchmarks.report import Figures, print_table
+from benchmarks.servers import Server, dicomvault_server, orthanc_available, orthanc_server
+
+RESULTS = Path(__file__).parent / "results"
+
+Factory = Callable[[], AbstractContextManager[Server]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure dicomvault (and Orthanc, side by side) on this machine.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the benchmark and print the figures")
+    run.add_argument("--against", choices=["orthanc", "none"], default="orthanc")
+    run.add_argument("--backend", choices=BACKENDS, default="sqlite")
+    run.add_argument("--quick", action="store_true", help="small sets, one round (minutes)")
+    run.add_argument("--rounds", type=int, help="rounds of ingestion (default 3, quick 1)")
+    run.add_argument(
+        "--qido-sizes",
+        default=None,
+        help="instance counts at which QIDO-RS is timed (default 10000,100000; quick 10000)",
+    )
+    run.add_argument("--large-mb", type=int, help="size of the large instance (default 1024)")
+    run.add_argument(
+        "--only",
+        nargs="*",
+        choices=["stow", "cstore", "retrieve", "qido", "large", "disk"],
+        help="run only these parts",
+    )
+    return parser
+
+
+def _servers(args: argparse.Namespace) -> list[tuple[str, Factory]]:
+    def dicomvault() -> AbstractContextManager[Server]:
+        return _dicomvault(args.backend)
+
+    servers: list[tuple[str, Factory]] = [("dicomvault", dicomvault)]
+    if args.against == "orthanc":
+        missing = orthanc_available()
+        if missing:
+            raise SystemExit(missing)
+        servers.append(("orthanc", orthanc_server))
+    return servers
+
+
+class _dicomvault(AbstractContextManager[Server]):
+    """A fresh dicomvault with a fresh backend (a new PostgreSQL and bucket if asked)."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.stack = ExitStack()
+
+    def __enter__(self) -> Server:
+        env = self.stack.enter_context(backend_env(self.backend))
+        return self.stack.enter_context(dicomvault_server(env))
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+
+def _alternating(servers: list[tuple[str, Factory]], round_: int) -> Iterator[tuple[str, Factory]]:
+    yield from (servers if round_ % 2 == 0 else list(reversed(servers)))
+
+
+STOW_CASES = [  # (set, clients, instances per request)
+    ("ct", 1, 1),
+    ("ct", 4, 1),
+    ("ct", 1, 50),
+    ("ct", 4, 50),
+    ("small", 1, 1),
+    ("small", 4, 1),
+    ("small", 1, 50),
+    ("small", 4, 50),
+]
+
+
+def _ingestion(args: argparse.Namespace, work: data.Workload, figures: Figures) -> None:
+    rounds = args.rounds or (1 if args.quick else 3)
+    parts = args.only
+    for round_ in range(rounds):
+        for name, factory in _alternating(_servers(args), round_):
+            with factory() as server:
+                k = 1
+                if not parts or "stow" in parts:
+                    for kind, clients, per in STOW_CASES:
+                        files = [data.variant(f, k) for f in getattr(work, kind)]
+                        k += 1
+                        result = measure.stow(server.dicomweb, files, clients, per)
+                        label = f"STOW-RS {kind} {clients} client(s) x {per}/request"
+                        figures.add(label, name, result["instances_per_s"], "inst/s")
+                        figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
+                if (not parts or "cstore" in parts) and server.dicom_port:
+                    for associations in (1, 4):
+                        files = [data.variant(f, k) for f in work.ct]
+                        k += 1
+                        result = storescu(server.dicom_port, server.ae_title, files, associations)
+                        label = f"C-STORE ct {associations} association(s)"
+                        figures.add(label, name, result["instances_per_s"], "inst/s")
+                if round_ == 0 and (not parts or "retrieve" in parts):
+                    _retrieval(server, name, work, figures, k)
+
+
+def _retrieval(server: Server, name: str, work: data.Workload, figures: Figures, k: int) -> None:
+    """WADO-RS, metadata and rendered timings on a study stored for the purpose."""
+    ct = [data.variant(f, k) for f in work.ct[:100]]  # one CT study of 100 instances
+    big = [data.variant(f, k) for f in work.small[:1000]]  # one series of 1,000 instances
+    measure.stow(server.dicomweb, ct + big, 4, 50)
+    study = data.relabel(data.ct_study(0), k)
+    runs = [measure.wado_study(f"{server.dicomweb}/studies/{study}") for _ in range(3)]
+    figures.add(
+        "WADO-RS study retrieve (CT, 100 instances)",
+        name,
+        measure.median_of(runs)["mb_per_s"],
+        "MB/s",
+    )
+    big_study = data.relabel(work.big_series_study, k)
+    big_series = data.relabel(work.big_series, k)
+    meta = {"Accept": "application/dicom+json"}
+    for label, url in (
+        ("study metadata (1,000 instances)", f"{server.dicomweb}/studies/{big_study}/metadata"),
+        (
+            "series metadata (1,000 instances)",
+            f"{server.dicomweb}/studies/{big_study}/series/{big_series}/metadata",
+        ),
+    ):
+        result = measure.latency(_getter(url, meta), repeat=5)
+        figures.add(label + " p50", name, result["p50_ms"], "ms", lower_is_better=True)
+    instances = httpx.get(f"{server.dicomweb}/studies/{study}/instances", headers=meta).json()
+    first = instances[0]
+    sop = first["00080018"]["Value"][0]
+    series = first["0020000E"]["Value"][0]
+    rendered = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/rendered"
+    result = measure.latency(lambda c: c.get(rendered, headers={"Accept": "image/jpeg"}), repeat=10)
+    figures.add(
+        "rendered instance (512x512 JPEG) p50", name, result["p50_ms"], "ms", lower_is_better=True
+    )
+
+
+def _getter(url: str, headers: dict[str, str]) -> Callable[[httpx.Client], httpx.Response]:
+    def get(client: httpx.Client) -> httpx.Response:
+        return client.get(url, headers=headers)
+
+    return get
+
+
+QUERIES: list[tuple[str, Callable[[int, data.Workload], str]]] = [
+    ("study", lambda k, w: f"studies?PatientID=PSM{(k * 37) % 400 + 1:05d}"),
+    ("study", lambda k, w: "studies?PatientName=Synthetic%5ESmall1*&limit=100"),
+    ("study", lambda k, w: "studies?StudyDate=20240301-20240415&limit=100"),
+    ("study", lambda k, w: "studies?ModalitiesInStudy=MR&limit=100"),
+    ("series", lambda k, w: f"studies/{data.relabel(w.big_series_study, k)}/series"),
+    ("instance", lambda k, w: f"studies/{data.relabel(data.small_study(7), k)}/instances"),
+]
+
+
+def _qido(args: argparse.Namespace, work: data.Workload, figures: Figures) -> None:
+    sizes = [
+        int(s) for s in (args.qido_sizes or ("10000" if args.quick else "10000,100000")).split(",")
+    ]
+    for name, factory in _servers(args):
+        with factory() as server:
+            stored, k = 0, 1
+            for size in sizes:
+                while stored < size:
+                    files = [data.variant(f, k) for f in work.small[: size - stored]]
+                    measure.stow(server.dicomweb, files, 4, 50)
+                    stored += len(files)
+                    k += 1
+                for level in ("study", "series", "instance"):
+                    times: list[float] = []
+                    with httpx.Client(timeout=600) as client:
+                        for query_level, query in QUERIES:
+                            if query_level != level:
+                                continue
+                            for variant in range(1, min(k, 6)):
+                                url = f"{server.dicomweb}/{query(variant, work)}"
+                                client.get(url)  # warm
+                                started = time.perf_counter()
+                                response = client.get(url)
+                                times.append((time.perf_counter() - started) * 1000)
+                                if response.status_code not in (200, 204):
+                                    raise RuntimeError(f"{url}: {response.status_code}")
+                    label = f"QIDO-RS {level} search @ {size:,} instances"
+                    figures.add(
+                        label + " p50",
+                        name,
+                        measure.percentile(times, 50),
+                        "ms",
+                        lower_is_better=True,
+                    )
+                    figures.add(
+                        label + " p95",
+                        name,
+                        measure.percentile(times, 95),
+                        "ms",
+                        lower_is_better=True,
+                    )
+
+
+def _large(args: argparse.Namespace, figures: Figures) -> None:
+    megabytes = args.large_mb or (256 if args.quick else 1024)
+    path = data.large_instance(megabytes)
+    study = data.large_study()
+    for name, factory in _servers(args):
+        with factory() as server:
+            seconds = measure.stow_file(server.dicomweb, path)
+            figures.add(
+                f"STOW-RS one {megabytes} MB instance",
+                name,
+                path.stat().st_size / seconds / 1e6,
+                "MB/s",
+            )
+            result = measure.wado_study(f"{server.dicomweb}/studies/{study}")
+            figures.add(f"WADO-RS one {megabytes} MB instance", name, result["mb_per_s"], "MB/s")
+            figures.add(
+                f"peak server RSS, {megabytes} MB in and out",
+                name,
+                server.peak_rss_mb(),
+                "MB",
+                lower_is_better=True,
+            )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.time()
+    figures = Figures()
+    parts = args.only
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks " + " ".join(_argv()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "backend": args.backend,
+    }
+    if not parts or "disk" in parts:
+        disk = measure.disk_speed(data.CACHE.parent, 256 if args.quick else 2048)
+        report["disk"] = disk
+        write, read = disk["write_mb_per_s"], disk["read_mb_per_s"]
+        print(f"disk: write {write:.0f} MB/s, read {read:.0f} MB/s")
+    work = data.load(ct=200 if args.quick else 1000, small=1000 if args.quick else 5000)
+    if not parts or {"stow", "cstore", "retrieve"} & set(parts):
+        _ingestion(args, work, figures)
+    if not parts or "qido" in parts:
+        _qido(args, work, figures)
+    if not parts or "large" in parts:
+        _large(args, figures)
+    report["figures"] = figures.as_json()
+    report["seconds"] = round(time.time() - started)
+    print_table(figures, report.get("disk"), STORESCU)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.backend}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written to {out}")
+    return report
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    data.CACHE.mkdir(parents=True, exist_ok=True)
+    run(args)

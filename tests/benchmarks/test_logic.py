@@ -1,0 +1,58 @@
+"""The benchmark's own arithmetic: percentiles, ratios, and re-labelled workloads."""
+
+from __future__ import annotations
+
+import math
+from io import BytesIO
+
+import pydicom
+import pytest
+from benchmarks.data import ROOT, relabel, variant
+from benchmarks.measure import percentile
+from benchmarks.report import Figures, ratio
+
+from dicomvault.synthetic import dataset, to_bytes
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [10.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 10.0
+    assert percentile([4.0], 95) == 4.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_ratio_says_better_above_one_for_both_kinds_of_figure() -> None:
+    assert ratio(200.0, 100.0, lower_is_better=False) == 2.0  # throughput: more is better
+    assert ratio(5.0, 20.0, lower_is_better=True) == 4.0  # latency: less is better
+    assert ratio(None, 1.0, lower_is_better=False) is None
+    assert ratio(0.0, 1.0, lower_is_better=True) is None
+
+
+def test_figures_keep_the_median_of_rounds() -> None:
+    figures = Figures()
+    for value in (3.0, 1.0, 2.0):
+        figures.add("x", "dicomvault", value, "inst/s")
+    figures.add("x", "orthanc", 4.0, "inst/s")
+    [(label, unit, ours, theirs, r)] = figures.rows()
+    assert (label, unit, ours, theirs, r) == ("x", "inst/s", 2.0, 4.0, 0.5)
+
+
+@pytest.mark.parametrize("k", [1, 42, 99])
+def test_a_variant_is_the_same_instance_under_new_valid_uids(k: int) -> None:
+    original = to_bytes(
+        dataset(
+            study_uid=f"{ROOT}100.1.0.0.0",
+            series_uid=f"{ROOT}100.1.0.1.0",
+            sop_uid=f"{ROOT}100.1.0.1.1",
+            size=8,
+        )
+    )
+    changed = variant(original, k)
+    assert len(changed) == len(original)
+    ds = pydicom.dcmread(BytesIO(changed))
+    assert ds.StudyInstanceUID == relabel(f"{ROOT}100.1.0.0.0", k)
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert all(not part.startswith("0") or part == "0" for part in ds.SOPInstanceUID.split("."))
+    assert ds.PixelData == pydicom.dcmread(BytesIO(original)).PixelData
