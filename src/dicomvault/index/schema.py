@@ -27,7 +27,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["events", "instances", "metadata", "objects", "patients", "series", "studies"]
+__all__ = [
+    "event_cursors",
+    "events",
+    "instances",
+    "jobs",
+    "metadata",
+    "objects",
+    "patients",
+    "series",
+    "studies",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -143,7 +153,8 @@ objects = Table(
 )
 
 # The outbox: one row per change, written in the transaction of the change itself.
-# Its sequence numbers are the order in which consumers see changes.
+# Its sequence numbers are the order in which consumers see changes: they are given
+# by `index.eventlog.append_event` under a lock, so they are gap-free and in commit order.
 events = Table(
     "events",
     metadata,
@@ -154,4 +165,44 @@ events = Table(
     Column("sop_uid", String(64)),
     Column("payload", HeaderJSON),
     _created(),
+)
+
+# The durable job queue. `active_key` holds the job's dedupe key while it is pending or
+# running and is cleared when it ends, so a unique constraint on it makes "enqueue a key
+# that is already queued" a no-op without a partial index. A running job is leased:
+# `locked_by` names the worker and `locked_until` is when another worker may take it
+# back (the first one died: SIGKILL, power loss).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("kind", String(64), nullable=False, index=True),
+    Column("key", String(255)),
+    Column("active_key", String(255), unique=True),
+    Column("payload", HeaderJSON, nullable=False),
+    # pending -> running -> done | pending (retry with backoff) | dead (dead letter)
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_after", DateTime(timezone=True), nullable=False),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+    _created(),
+    Column("finished_at", DateTime(timezone=True)),
+    Index(None, "state", "run_after"),
+)
+
+# One row per event subscriber (`jobs.on_event`): the last event seq it has handled,
+# leased like a job so that one worker at a time feeds it, in seq order.
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("run_after", DateTime(timezone=True)),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("last_error", Text),
 )
