@@ -93,6 +93,39 @@ class Settings(BaseSettings):
         "https://pacs.example.org); used in RetrieveURL and BulkDataURI. Default: the URL "
         "each request arrived at.",
     )
+    # The durable job queue and its workers (dicomvault.jobs).
+    worker_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Jobs one `dicomvault worker` runs at once."
+    )
+    serve_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Job workers run inside `dicomvault serve` (0: run `dicomvault worker`).",
+    )
+    job_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts before a failing job goes to the dead letter."
+    )
+    job_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles with each attempt."
+    )
+    job_backoff_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest delay between two attempts of a job."
+    )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        description="A running job whose worker stops renewing its lease for this long is "
+        "run again by another worker.",
+    )
+    job_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for new jobs."
+    )
+    job_modules: list[str] = Field(
+        default_factory=list,
+        description="Extra Python modules whose job handlers and event subscribers the "
+        "workers load.",
+    )
 
     @field_validator("database_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod

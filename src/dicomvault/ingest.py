@@ -30,7 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from dicomvault.config import DuplicatePolicy
 from dicomvault.errors import DuplicateConflict, StudyMismatch
 from dicomvault.index.db import Database
-from dicomvault.index.schema import events, instances, objects, patients, series, studies
+from dicomvault.index.eventlog import append_event
+from dicomvault.index.schema import instances, objects, patients, series, studies
 from dicomvault.index.upsert import insert_ignore
 from dicomvault.model.origin import Origin
 from dicomvault.parsing import Header, Layout, parse_header, read_layout
@@ -111,7 +112,6 @@ _KNOWN_SERIES = (
 )
 _INSERT_OBJECT = objects.insert().returning(objects.c.id)
 _INSERT_INSTANCE = instances.insert()
-_INSERT_EVENT = events.insert()
 _COUNT_STUDY = (
     update(studies)
     .where(studies.c.id == bindparam("row"))
@@ -341,15 +341,13 @@ class Ingestor:
         payload: dict[str, Any] = {"sop_class_uid": header.sop_class_uid, **provenance}
         if size is not None:
             payload["size"] = size
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "kind": kind,
-                "study_uid": header.study_uid,
-                "series_uid": header.series_uid,
-                "sop_uid": header.sop_uid,
-                "payload": payload,
-            },
+        append_event(
+            conn,
+            kind,
+            header.study_uid,
+            series_uid=header.series_uid,
+            sop_uid=header.sop_uid,
+            payload=payload,
         )
 
 

@@ -6,6 +6,11 @@ times, `a-b`, `-b`, `a-`), UID list (`,` or `\\`).
 Person names match case-insensitively (an upper-cased twin column keeps it
 indexed); `fuzzy` makes a person name match any name component by prefix.
 Results come back as DICOM JSON (PS3.18 Annex F) dictionaries.
+
+Any other attribute, private tags and attributes inside sequences (a dotted
+path of tags, `00400275.00321060`) included, is matched on the stored header
+JSON of the instances (`index.header_match`): at the instance level on the
+instance itself, at the other levels as "has an instance that matches".
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from sqlalchemy import Select, and_, exists, func, or_, select
 from dicomvault.errors import InvalidQuery
 from dicomvault.index.attributes import ATTRIBUTES, Attribute, by_tag, rank, tag_of
 from dicomvault.index.db import Database
+from dicomvault.index.header_match import header_condition
 from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.model.levels import Level
 
@@ -57,13 +63,39 @@ class QueryResult:
 
 
 def resolve_attribute(name: str) -> str:
-    """A keyword (`PatientName`) or tag (`00100010`) as a tag; InvalidQuery otherwise."""
+    """A keyword (`PatientName`), tag (`00100010`) or a dotted path of them into sequences
+    (`RequestAttributesSequence.00321060`) as tags; InvalidQuery otherwise."""
+    return ".".join(_resolve_one(part) for part in name.split("."))
+
+
+def _resolve_one(name: str) -> str:
     if _TAG.fullmatch(name):
         return name.upper()
     tag = tag_for_keyword(name)
     if tag is None:
         raise InvalidQuery(f"unknown attribute {name!r}: use a DICOM keyword or an 8-digit tag")
     return f"{tag:08X}"
+
+
+def _header_match(dialect: str, level: Level, n: int, tag: str, value: str) -> Any:
+    """Condition: the match (or, above the instance level, one of its instances) has a
+    header value at the dotted path `tag` that matches `value`."""
+    path = tag.split(".")
+    vr: str | None = _vr(path[-1])
+    if vr == "UN":
+        vr = None
+    if level is Level.INSTANCE:
+        return header_condition(dialect, "instances", instances.c.header, path, value, vr)
+    alias = instances.alias(f"hi{n}")
+    condition = header_condition(dialect, alias.name, alias.c.header, path, value, vr)
+    if level is Level.STUDY:
+        return exists().where(alias.c.study_fk == studies.c.id, condition)
+    if level is Level.SERIES:
+        return exists().where(alias.c.series_fk == series.c.id, condition)
+    owner = studies.alias(f"hs{n}")
+    return exists().where(
+        alias.c.study_fk == owner.c.id, owner.c.patient_fk == patients.c.id, condition
+    )
 
 
 def _like(value: str) -> str:
@@ -190,9 +222,16 @@ def search(
         conditions.append(studies.c.study_uid == request.study_uid)
     if request.series_uid is not None:
         conditions.append(series.c.series_uid == request.series_uid)
-    for tag, value in request.filters.items():
+    dialect = db.engine.dialect.name
+    for n, (tag, value) in enumerate(request.filters.items()):
         attr = by_tag(tag)
-        if attr is None or rank(attr.level) > rank(level):
+        if attr is None or (attr.column is not None and rank(attr.level) > rank(level)):
+            if value.strip("*") != "":
+                conditions.append(_header_match(dialect, level, n, tag, value))
+            if "." not in tag:
+                header_tags.add(tag)
+            continue
+        if rank(attr.level) > rank(level):
             warnings.append(f"matching on {tag} is not supported at the {level.value} level")
             continue
         condition = _condition(attr, value, request.fuzzy)

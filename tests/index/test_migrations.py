@@ -23,7 +23,7 @@ from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index import migrate
 from dicomvault.index.db import Database, normalize_url
-from dicomvault.index.schema import metadata
+from dicomvault.index.schema import include_for, metadata
 from tests.cli.test_import import command_env, dicomvault
 
 
@@ -57,7 +57,12 @@ def differences(url: str) -> list[Any]:
     try:
         with db.read() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": _same_default}
+                conn,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": _same_default,
+                    "include_object": include_for(conn.dialect.name),
+                },
             )
             return list(compare_metadata(context, metadata))
     finally:

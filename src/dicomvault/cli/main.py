@@ -7,6 +7,7 @@ import typer
 from dicomvault import __version__
 from dicomvault.cli.admin import config_app, db_app
 from dicomvault.cli.import_cmd import import_files
+from dicomvault.cli.jobs import jobs_app, worker
 from dicomvault.cli.serve import serve
 
 __all__ = ["app", "main"]
@@ -22,6 +23,8 @@ app.command("serve")(serve)
 app.command("import")(import_files)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.command("worker")(worker)
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.command("version")

@@ -9,6 +9,7 @@ import typer
 
 from dicomvault.archive import Archive
 from dicomvault.cli.common import ConfigOption, DataDirOption, console, settings_from
+from dicomvault.jobs.worker import start_serve_workers
 
 __all__ = ["serve"]
 
@@ -40,6 +41,7 @@ def serve(
         f"dicomvault: index {settings.masked()['database_url']}, objects {archive.store.url}"
     )
     console.print(f"DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web")
+    workers = start_serve_workers(archive)
     try:
         uvicorn.run(
             create_app(archive),
@@ -49,4 +51,6 @@ def serve(
             access_log=log_level == "debug",
         )
     finally:
+        if workers is not None:
+            workers.stop(timeout=30)
         archive.close()

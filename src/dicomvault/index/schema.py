@@ -10,6 +10,9 @@ module; a test compares them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -28,7 +31,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["events", "instances", "metadata", "objects", "patients", "series", "studies"]
+__all__ = [
+    "event_cursors",
+    "events",
+    "include_for",
+    "instances",
+    "jobs",
+    "metadata",
+    "objects",
+    "patients",
+    "series",
+    "studies",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -127,6 +141,15 @@ instances = Table(
     Column("site", String(64), index=True),
     _created(),
 )
+# Any-attribute query (index/header_match.py): JSONB containment answered by a GIN index.
+# PostgreSQL only: SQLite matches with JSON functions, and a B-tree copy of every header
+# there would only double the file.
+Index(
+    "ix_instances_header",
+    instances.c.header,
+    postgresql_using="gin",
+    postgresql_ops={"header": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 objects = Table(
     "objects",
@@ -147,7 +170,8 @@ objects = Table(
 )
 
 # The outbox: one row per change, written in the transaction of the change itself.
-# Its sequence numbers are the order in which consumers see changes.
+# Its sequence numbers are the order in which consumers see changes: they are given
+# by `index.eventlog.append_event` under a lock, so they are gap-free and in commit order.
 events = Table(
     "events",
     metadata,
@@ -159,3 +183,56 @@ events = Table(
     Column("payload", HeaderJSON),
     _created(),
 )
+
+# The durable job queue. `active_key` holds the job's dedupe key while it is pending or
+# running and is cleared when it ends, so a unique constraint on it makes "enqueue a key
+# that is already queued" a no-op without a partial index. A running job is leased:
+# `locked_by` names the worker and `locked_until` is when another worker may take it
+# back (the first one died: SIGKILL, power loss).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("kind", String(64), nullable=False, index=True),
+    Column("key", String(255)),
+    Column("active_key", String(255), unique=True),
+    Column("payload", HeaderJSON, nullable=False),
+    # pending -> running -> done | pending (retry with backoff) | dead (dead letter)
+    Column("state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_after", DateTime(timezone=True), nullable=False),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+    _created(),
+    Column("finished_at", DateTime(timezone=True)),
+    Index(None, "state", "run_after"),
+)
+
+# One row per event subscriber (`jobs.on_event`): the last event seq it has handled,
+# leased like a job so that one worker at a time feeds it, in seq order.
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("seq", BigInteger, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("run_after", DateTime(timezone=True)),
+    Column("locked_by", String(128)),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("last_error", Text),
+)
+
+
+def include_for(dialect: str) -> Callable[..., bool]:
+    """An Alembic `include_object` that leaves out what `ddl_if` reserves to other
+    dialects (the GIN index on SQLite), which autogenerate would otherwise report."""
+
+    def include(obj: Any, _name: str | None, _type: str, reflected: bool, _other: Any) -> bool:
+        condition = getattr(obj, "_ddl_if", None)
+        if reflected or condition is None or condition.dialect is None:
+            return True
+        return bool(condition.dialect == dialect)
+
+    return include

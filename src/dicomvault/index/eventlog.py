@@ -1,0 +1,51 @@
+"""Appending to the event log (`events`) with gap-free sequence numbers in commit order.
+
+An autoincrement column is not enough for consumers that read "everything after
+seq N": on PostgreSQL two transactions can take seq 4 and 5, and 5 can commit
+first; a reader that saw 5 and moved its cursor past it would never see 4. And a
+rolled-back transaction burns its number, leaving a gap. So every append takes a
+transaction-scoped lock first (an advisory lock on PostgreSQL; SQLite's writes are
+already serialized by `Database.write`) and numbers the event max(seq) + 1: the
+numbers are given in the order the transactions commit, and a rollback gives its
+number back. The lock is taken as the last step of a writing transaction and held
+only until its commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, func, select, text
+
+from dicomvault.index.schema import events
+
+__all__ = ["append_event"]
+
+# pg_advisory_xact_lock key of the event log: any constant, the same in every process.
+_EVENT_LOCK = 0x44564556  # "DVEV"
+
+
+def append_event(
+    conn: Connection,
+    kind: str,
+    study_uid: str,
+    *,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    """Add one event inside the caller's transaction; returns its sequence number."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_LOCK})
+    seq = int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one()) + 1
+    conn.execute(
+        events.insert().values(
+            seq=seq,
+            kind=kind,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_uid=sop_uid,
+            payload=payload,
+        )
+    )
+    return seq
