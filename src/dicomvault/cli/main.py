@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from dicomvault import __version__
+from dicomvault.cli.access_cmd import audit_app, sites_app, users_app
 from dicomvault.cli.admin import config_app, db_app
 from dicomvault.cli.import_cmd import import_files
+from dicomvault.cli.integrity_cmd import keys_app, verify
 from dicomvault.cli.serve import serve
 
 __all__ = ["app", "main"]
@@ -22,6 +24,11 @@ app.command("serve")(serve)
 app.command("import")(import_files)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(sites_app, name="sites")
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.command("verify")(verify)
 
 
 @app.command("version")

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
+from dicomvault.dicomweb.access import AccessContext
 from dicomvault.dicomweb.media import parse_media_type
 from dicomvault.dicomweb.multipart import MultipartError, Part, close_parts, read_parts
 from dicomvault.dicomweb.responses import DICOM_JSON, root_url
@@ -98,14 +99,27 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
     if not parts:
         return _error(400, "the multipart body has no parts")
     try:
-        origin = Origin(Door.DICOMWEB, address=request.client.host if request.client else None)
-        return await _store_parts(archive, parts, study, root_url(request), origin)
+        context: AccessContext = request.state.access
+        origin = Origin(
+            Door.DICOMWEB,
+            site=context.store_site,
+            user=context.principal.name,
+            address=request.client.host if request.client else None,
+        )
+        return await _store_parts(
+            archive, parts, study, root_url(request), origin, context.stored_studies
+        )
     finally:
         close_parts(parts)
 
 
 async def _store_parts(
-    archive: Archive, parts: list[Part], study: str | None, base: str, origin: Origin
+    archive: Archive,
+    parts: list[Part],
+    study: str | None,
+    base: str,
+    origin: Origin,
+    stored_studies: set[str],
 ) -> Response:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -141,6 +155,7 @@ async def _store_parts(
             server_errors += 1
         else:
             stored.append(_reference(base, result))
+            stored_studies.add(result.study_uid)
 
     body: dict[str, Any] = {}
     if study is not None:

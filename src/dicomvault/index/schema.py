@@ -155,3 +155,7 @@ events = Table(
     Column("payload", HeaderJSON),
     _created(),
 )
+
+# Access control and audit tables live with their component, on this same metadata;
+# imported last because they use `metadata` and `Id` from above.
+from dicomvault.access import tables as _access_tables  # noqa: E402, F401
