@@ -23,9 +23,9 @@ JSON = {"Accept": "application/dicom+json"}
 DICOM = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 
 
-def _session(world: World) -> str:
-    """login, search, retrieve, store, failed login; returns the session token."""
-    login = httpx.post(f"{world.url}/auth/login", headers=basic("ann"), timeout=30)
+def _session(world: World, user: str = "admin") -> str:
+    """login, search, retrieve, store, delete, failed login; returns the session token."""
+    login = httpx.post(f"{world.url}/auth/login", headers=basic(user), timeout=30)
     assert login.status_code == 200, login.text
     token = {"Authorization": f"Bearer {login.json()['token']}"}
     found = httpx.get(f"{world.url}/dicom-web/studies", headers=token | JSON, timeout=30)
@@ -40,7 +40,9 @@ def _session(world: World) -> str:
         timeout=30,
     )
     assert stored.status_code == 200, stored.text
-    failed = httpx.post(f"{world.url}/auth/login", headers=basic("ann", "wrong password"))
+    gone = httpx.delete(f"{world.url}/dicom-web/studies/{uid('new-at-A/study')}", headers=token)
+    assert gone.status_code == 204, gone.text
+    failed = httpx.post(f"{world.url}/auth/login", headers=basic(user, "wrong password"))
     assert failed.status_code == 401
     return str(login.json()["token"])
 
@@ -54,14 +56,28 @@ def test_a_session_leaves_exactly_one_record_per_event(world: World) -> None:
         ("query", "success", None, None),
         ("retrieve", "success", "PA", study_uid("A")),
         ("store", "success", "PNEW", uid("new-at-A/study")),
+        ("delete", "success", "PNEW", uid("new-at-A/study")),
         ("login-failed", "failure", None, None),
     ]
-    assert {r["actor"].split(" ")[0] for r in rows} == {"ann"}
+    assert {r["actor"].split(" ")[0] for r in rows} == {"admin"}
     assert all(r["address"] == "127.0.0.1" for r in rows)
-    # The stored study is filed under ann's site.
-    assert len(search(world.archive.db, actor="ann")) == 5
+    assert len(search(world.archive.db, actor="admin")) == 6
     assert [r["action"] for r in search(world.archive.db, patient_id="PA")] == ["retrieve"]
-    assert verify(world.archive.db) == (5, [])
+    assert verify(world.archive.db) == (6, [])
+
+
+def test_a_refused_delete_is_one_denied_record(world: World) -> None:
+    login = httpx.post(f"{world.url}/auth/login", headers=basic("ann"), timeout=30)
+    token = {"Authorization": f"Bearer {login.json()['token']}"}
+    refused = httpx.delete(f"{world.url}/dicom-web/studies/{study_uid('A')}", headers=token)
+    assert refused.status_code == 403
+    [_login, denied] = search(world.archive.db)
+    assert (denied["action"], denied["outcome"], denied["study_uid"]) == (
+        "permission-denied",
+        "denied",
+        study_uid("A"),
+    )
+    assert denied["detail"]["reason"] == "role radiologist may not delete"
 
 
 def test_an_edited_or_deleted_record_is_detected(world: World) -> None:
@@ -70,7 +86,7 @@ def test_an_edited_or_deleted_record_is_detected(world: World) -> None:
     env = command_env(world.archive.settings)
     ok = dicomvault("audit", "verify", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "intact: 5 records" in ok.stdout
+    assert "intact: 6 records" in ok.stdout
 
     with db.write() as conn:
         conn.execute(update(audit).where(audit.c.seq == 3).values(patient_id="SOMEONE-ELSE"))
@@ -85,7 +101,7 @@ def test_an_edited_or_deleted_record_is_detected(world: World) -> None:
     assert {p.seq for p in verify(db)[1]} == {4}  # record 4 no longer links
 
     with db.write() as conn:
-        conn.execute(delete(audit).where(audit.c.seq == 5))
+        conn.execute(delete(audit).where(audit.c.seq == 6))
     reasons = " ".join(p.reason for p in verify(db)[1])
     assert "deleted" in reasons  # the newest record is gone: the head says so
 
@@ -96,10 +112,15 @@ def test_audit_search_command_filters(world: World) -> None:
     result = dicomvault("audit", "search", "--study", study_uid("A"), env=env)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["action"] for line in lines] == ["retrieve"]
+    assert [line["action"] for line in lines] == ["retrieve"]  # by admin, of site A's study
     assert lines[0]["event"]["code"] == "110104"
     result = dicomvault("audit", "search", "--user", "nobody", env=env)
     assert result.stdout.strip() == ""
+    # Each search of the trail is recorded in it, and the chain stays whole.
+    used = search(world.archive.db, action="audit-used")
+    assert [u["detail"]["records"] for u in used] == [1, 0]
+    assert used[0]["study_uid"] == study_uid("A")
+    assert verify(world.archive.db)[1] == []
 
 
 def test_records_stream_to_a_file_as_json_lines(settings: Settings, tmp_path: Path) -> None:
@@ -114,6 +135,7 @@ def test_records_stream_to_a_file_as_json_lines(settings: Settings, tmp_path: Pa
         "110112",
         "110104",
         "110104",
+        "110105",
         "110114",
     ]
     assert lines[-1]["outcome_code"] == 4
@@ -139,6 +161,7 @@ def test_records_stream_to_syslog_in_rfc5424(settings: Settings) -> None:
     record = json.loads(match.group(5))
     assert record["action"] == "login-failed"
     assert record["actor"] == "ann"
+    assert record["event"]["code"] == "110114"
     assert PASSWORD not in datagram.decode()
 
 

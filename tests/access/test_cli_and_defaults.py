@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ from dicomvault.access import accounts
 from dicomvault.config import Settings
 from dicomvault.index.db import Database
 from tests.cli.test_import import command_env, dicomvault
-from tests.support.live import free_port
+from tests.support.live import free_port, wait_for_health
 
 
 def test_sites_and_users_commands(settings: Settings) -> None:
@@ -124,16 +123,7 @@ def test_a_public_address_with_a_user_starts_and_requires_login(tmp_path: Path) 
     proc = _serve(tmp_path / "data", "0.0.0.0", port=str(port))  # noqa: S104
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "serve exited"
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.1)
+        wait_for_health(base, lambda: proc.poll() is None)
         assert httpx.get(f"{base}/dicom-web/studies").status_code == 401
         assert httpx.get(f"{base}/docs").status_code == 404  # no API docs served either
         ok = httpx.get(f"{base}/dicom-web/studies", auth=("root", "a long password"))

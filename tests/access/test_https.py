@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,9 +19,8 @@ from cryptography.x509.oid import NameOID
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from dicomvault.dicomweb.app import create_app
-from dicomvault.tls import server_ssl_context, uvicorn_config
-from tests.support.live import free_port
+from dicomvault.tls import server_ssl_context
+from tests.support.live import running_server
 
 
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
@@ -79,29 +75,14 @@ def pki(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def https_server(archive: Archive, settings: Settings) -> Iterator[str]:
-    port = free_port()
-    config = uvicorn_config(
-        create_app(archive),
-        settings,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive(), "the HTTPS server did not start"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+def https_server(settings: Settings) -> Iterator[str]:
+    archive = Archive.open(settings)
     try:
-        yield f"https://127.0.0.1:{port}"
+        with running_server(archive) as url:
+            assert url.startswith("https://")
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        archive.close()
 
 
 def _client_context(
@@ -126,7 +107,7 @@ def test_https_with_tls_1_2_or_newer_only(archive: Archive, pki: Path) -> None:
     context = server_ssl_context(settings)
     assert context is not None
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
-    with https_server(archive, settings) as url:
+    with https_server(settings) as url:
         response = httpx.get(f"{url}/health", verify=_client_context(pki))
         assert response.status_code == 200
         for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
@@ -146,7 +127,7 @@ def test_a_ca_file_requires_client_certificates(archive: Archive, pki: Path) -> 
             "tls_ca_file": pki / "ca.pem",
         }
     )
-    with https_server(archive, settings) as url:
+    with https_server(settings) as url:
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/health", verify=_client_context(pki))
         ok = httpx.get(f"{url}/health", verify=_client_context(pki, cert=True))

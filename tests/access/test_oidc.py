@@ -21,10 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from dicomvault.access.audit import search
-from dicomvault.archive import Archive
 from dicomvault.config import Settings
-from tests.access.conftest import World, populate, study_uid
-from tests.support.live import running_server
+from tests.access.conftest import World, served_world, study_uid
 
 ISSUER = "https://idp.example.test/realms/hospital"
 AUDIENCE = "dicomvault"
@@ -94,23 +92,15 @@ def provider() -> Iterator[tuple[Provider, str]]:
 @pytest.fixture
 def oidc_world(settings: Settings, provider: tuple[Provider, str]) -> Iterator[World]:
     _idp, jwks_url = provider
-    configured = settings.model_copy(
-        update={
-            "auth_enabled": True,
-            "oidc_issuer": ISSUER,
-            "oidc_audience": AUDIENCE,
-            "oidc_jwks_url": jwks_url,
-            "oidc_role_map": {"pacs-readers": "radiologist"},
-            "oidc_jwks_refresh_seconds": 0,
-        }
-    )
-    archive = Archive.open(configured)
-    try:
-        populate(archive)
-        with running_server(archive) as url:
-            yield World(archive, url)
-    finally:
-        archive.close()
+    with served_world(
+        settings,
+        oidc_issuer=ISSUER,
+        oidc_audience=AUDIENCE,
+        oidc_jwks_url=jwks_url,
+        oidc_role_map={"pacs-readers": "radiologist"},
+        oidc_jwks_refresh_seconds=0,
+    ) as world:
+        yield world
 
 
 def _studies(world: World, token: str) -> httpx.Response:

@@ -45,6 +45,16 @@ def _s3(settings: Settings, service: str = "s3") -> Any:
     )
 
 
+def _client(service: str, endpoint: str) -> Any:
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+    )
+
+
 def raw_objects(archive: Archive) -> dict[str, bytes]:
     """Every object as it lies in the bucket or on disk, read past the archive."""
     store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
@@ -212,13 +222,7 @@ def test_rotation_rewraps_every_data_key_and_the_old_key_can_go(
 
 
 def test_aws_kms_wraps_the_data_keys(settings: Settings, s3_endpoint: str) -> None:
-    kms = boto3.client(
-        "kms",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-    )
+    kms = _client("kms", s3_endpoint)
     first = kms.create_key()["KeyMetadata"]["KeyId"]
     second = kms.create_key()["KeyMetadata"]["KeyId"]
     kms_settings = settings.model_copy(
@@ -259,13 +263,7 @@ def test_aws_kms_wraps_the_data_keys(settings: Settings, s3_endpoint: str) -> No
 
 
 def test_s3_sse_kms_is_the_alternative(s3_endpoint: str) -> None:
-    kms = boto3.client(
-        "kms",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-    )
+    kms = _client("kms", s3_endpoint)
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     bucket = new_bucket(s3_endpoint, "sse")
     store = S3Store(
@@ -277,12 +275,6 @@ def test_s3_sse_kms_is_the_alternative(s3_endpoint: str) -> None:
         sse_kms_key_id=key_id,
     )
     store.put("instances/x.dcm", [b"DICM" + secrets.token_bytes(100)])
-    head = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=S3_KEY,
-        aws_secret_access_key=S3_SECRET,
-    ).head_object(Bucket=bucket, Key="p/instances/x.dcm")
+    head = _client("s3", s3_endpoint).head_object(Bucket=bucket, Key="p/instances/x.dcm")
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"].endswith(key_id)

@@ -205,5 +205,23 @@ def audit_search(
             until=until,
             limit=limit,
         )
+        # Reading the trail is itself an access to patient data (DCM 110101).
+        filters = {"user": user, "patient": patient, "study": study, "action": action}
+        audit.append(
+            db,
+            audit.AuditEvent(
+                actor=getpass.getuser(),
+                actor_kind="local",
+                door="cli",
+                action=audit.AuditAction.AUDIT_USED,
+                outcome=audit.Outcome.SUCCESS,
+                patient_id=patient,
+                study_uid=study,
+                detail={
+                    "filters": {k: v for k, v in filters.items() if v is not None},
+                    "records": len(rows),
+                },
+            ),
+        )
     for row in rows:
         typer.echo(json.dumps(audit.as_json(row), sort_keys=True))

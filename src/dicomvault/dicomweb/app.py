@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
-from dicomvault.dicomweb import login, pixels, qido, stow, wado
+from dicomvault.dicomweb import delete, login, pixels, qido, stow, wado
 from dicomvault.dicomweb.access import AuditMiddleware, guard
 from dicomvault.errors import (
     DicomVaultError,
@@ -61,7 +61,7 @@ def create_app(archive: Archive) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=archive.settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Warning", "Content-Type", "Content-Length"],
         )
@@ -83,7 +83,7 @@ def create_app(archive: Archive) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (stow.router, qido.router, wado.router, pixels.router):
+    for router in (stow.router, qido.router, wado.router, pixels.router, delete.router):
         app.include_router(router, prefix="/dicom-web")
     # STOW-RS naming the site the new studies belong to.
     app.include_router(stow.router, prefix="/dicom-web/sites/{site}")
