@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomvault.access.authn import Authenticator
+from dicomvault.access.sinks import Auditor, open_sink
 from dicomvault.config import Settings
 from dicomvault.index import migrate
 from dicomvault.index.db import Database
+from dicomvault.index.object_keys import IndexKeyOverrides
 from dicomvault.ingest import Ingestor
-from dicomvault.storage import ObjectStore, open_store
+from dicomvault.storage import ObjectStore, keyring_from_settings, open_store
+from dicomvault.storage.crypto import EncryptedStore
 
 __all__ = ["Archive"]
 
@@ -24,6 +28,8 @@ class Archive:
     db: Database
     store: ObjectStore
     ingestor: Ingestor
+    authenticator: Authenticator
+    auditor: Auditor
 
     @classmethod
     def open(cls, settings: Settings, *, upgrade: bool = True) -> Archive:
@@ -31,11 +37,16 @@ class Archive:
         if upgrade:
             migrate.upgrade(db)
         store = open_store(settings)
+        keyring = keyring_from_settings(settings)
+        if keyring is not None:
+            store = EncryptedStore(store, keyring, IndexKeyOverrides(db))
         return cls(
             settings=settings,
             db=db,
             store=store,
             ingestor=Ingestor(db, store, settings.duplicate_policy),
+            authenticator=Authenticator(settings, db),
+            auditor=Auditor(db, open_sink(settings.audit_sink)),
         )
 
     def close(self) -> None:

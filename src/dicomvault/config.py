@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -126,8 +126,107 @@ class Settings(BaseSettings):
         description="Extra Python modules whose job handlers and event subscribers the "
         "workers load.",
     )
+    # Access control (see access/): None means on unless the server binds loopback only.
+    auth_enabled: bool | None = Field(
+        default=None,
+        description="Require credentials on every request; default: required unless the "
+        "server listens on loopback only.",
+    )
+    session_hours: float = Field(
+        default=12, gt=0, description="Lifetime of the token POST /auth/login hands out."
+    )
+    oidc_issuer: str | None = Field(default=None, description="OIDC issuer (the iss claim).")
+    oidc_audience: str | None = Field(default=None, description="OIDC audience (aud claim).")
+    oidc_jwks_url: str | None = Field(default=None, description="URL of the issuer's JWKS.")
+    oidc_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "PS256"],
+        description="Signature algorithms accepted on OIDC tokens (asymmetric only).",
+    )
+    oidc_roles_claim: str = Field(default="roles", description="Claim holding role names.")
+    oidc_sites_claim: str = Field(default="sites", description="Claim holding site codes.")
+    oidc_role_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Identity-provider group or role -> dicomvault role, e.g. "
+        '{"pacs-readers": "radiologist"}.',
+    )
+    oidc_jwks_cache_seconds: int = Field(
+        default=300, ge=0, description="How long fetched signing keys are trusted."
+    )
+    oidc_jwks_refresh_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="Least time between two JWKS fetches forced by tokens naming unknown "
+        "key ids (a flood of made-up key ids must not hammer the provider).",
+    )
+    encryption_key_file: Path | None = Field(
+        default=None,
+        description="Master key file (32 bytes, hex or base64): encrypt objects at rest.",
+    )
+    encryption_kms_key_id: str | None = Field(
+        default=None, description="AWS KMS key (id, ARN or alias): encrypt objects at rest."
+    )
+    encryption_old_key_files: list[Path] = Field(
+        default_factory=list,
+        description="Earlier master key files, still needed to read until `dicomvault keys "
+        "rotate` has re-wrapped every data key.",
+    )
+    encryption_old_kms_key_ids: list[str] = Field(
+        default_factory=list, description="Earlier KMS keys, as for encryption_old_key_files."
+    )
+    kms_endpoint_url: str | None = Field(
+        default=None, description="KMS endpoint (for KMS-compatible services and tests)."
+    )
+    s3_sse_kms_key_id: str | None = Field(
+        default=None,
+        description="Ask S3 to encrypt objects with this KMS key (SSE-KMS), as an "
+        "alternative to encryption by the archive itself.",
+    )
+    tls_cert_file: Path | None = Field(
+        default=None, description="PEM certificate (chain): serve HTTPS and DICOM TLS."
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of it.")
+    tls_ca_file: Path | None = Field(
+        default=None, description="PEM CA bundle: require client certificates signed by it."
+    )
+    audit_sink: str | None = Field(
+        default=None,
+        description="Where audit records are also streamed as JSON lines: stdout, "
+        "file:///path, or syslog://host:port (RFC 5424 over UDP).",
+    )
 
-    @field_validator("database_url", "storage_url", "s3_endpoint_url", mode="before")
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if self.encryption_key_file is not None and self.encryption_kms_key_id is not None:
+            raise ValueError("encryption_key_file and encryption_kms_key_id: choose one")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} = {str(path)!r}: no such file")
+        return self
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a.lower() == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"{bad}: only asymmetric algorithms (RS*, PS*, ES*, EdDSA)")
+        return value
+
+    @field_validator(
+        "database_url",
+        "storage_url",
+        "s3_endpoint_url",
+        "oidc_issuer",
+        "oidc_audience",
+        "oidc_jwks_url",
+        "audit_sink",
+        "encryption_kms_key_id",
+        "kms_endpoint_url",
+        "s3_sse_kms_key_id",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -158,6 +257,21 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
     @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_audience and self.oidc_jwks_url)
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests need credentials: as set, else unless bound to loopback only."""
+        if self.auth_enabled is not None:
+            return self.auth_enabled
+        return not self.binds_loopback_only
+
+    @property
     def effective_storage_url(self) -> str:
         if self.storage_url:
             return self.storage_url
@@ -177,7 +291,7 @@ class Settings(BaseSettings):
         return values
 
 
-_URL_SETTINGS = ("database_url", "storage_url", "s3_endpoint_url")
+_URL_SETTINGS = ("database_url", "storage_url", "s3_endpoint_url", "kms_endpoint_url")
 _MASK = "***"
 # Query parameters that carry credentials (libpq takes `?password=`, S3 URLs can sign).
 _SECRET_PARAM = re.compile(r"password|passwd|secret|token|signature|credential", re.IGNORECASE)

@@ -106,7 +106,7 @@ _EXISTING = (
     .where(instances.c.sop_uid == bindparam("sop_uid"))
 )
 _KNOWN_SERIES = (
-    select(series.c.study_fk, series.c.id, studies.c.study_uid)
+    select(series.c.study_fk, series.c.id, studies.c.study_uid, studies.c.site)
     .join(studies, studies.c.id == series.c.study_fk)
     .where(series.c.series_uid == bindparam("series_uid"))
 )
@@ -274,6 +274,7 @@ class Ingestor:
                 raise StudyMismatch(
                     f"series {header.series_uid} is already stored in study {known.study_uid}"
                 )
+            _check_site(header, known.site, origin)
             return int(known.study_fk), int(known.id), False
         patient_id = _get_or_create(
             conn,
@@ -281,12 +282,15 @@ class Ingestor:
             {"patient_id": header.patient["patient_id"], "issuer": header.patient["issuer"]},
             header.patient,
         )[0]
-        study_id, _ = _get_or_create(
+        study_id, new_study = _get_or_create(
             conn,
             studies,
             {"study_uid": header.study_uid},
             {**header.study, "patient_fk": patient_id, "site": origin.site},
         )
+        if not new_study and origin.site is not None:
+            site = conn.execute(select(studies.c.site).where(studies.c.id == study_id))
+            _check_site(header, site.scalar_one(), origin)
         series_id, new_series = _get_or_create(
             conn, series, {"series_uid": header.series_uid}, {**header.series, "study_fk": study_id}
         )
@@ -348,6 +352,16 @@ class Ingestor:
             series_uid=header.series_uid,
             sop_uid=header.sop_uid,
             payload=payload,
+        )
+
+
+def _check_site(header: Header, study_site: str | None, origin: Origin) -> None:
+    """A sender filing under a site may add only to studies of that site: otherwise a
+    user of one site could slip instances into (and learn of) another site's study."""
+    if origin.site is not None and study_site != origin.site:
+        raise StudyMismatch(
+            f"study {header.study_uid} belongs to another site; instances sent for site "
+            f"{origin.site} cannot be added to it"
         )
 
 

@@ -53,6 +53,9 @@ class QueryRequest:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    # Access control: only studies of these sites (None: no restriction). Applied to
+    # matches and to every count, so other sites' patients never show, not even as a number.
+    sites: frozenset[str] | None = None
 
 
 @dataclass
@@ -223,6 +226,8 @@ def search(
     if request.series_uid is not None:
         conditions.append(series.c.series_uid == request.series_uid)
     dialect = db.engine.dialect.name
+    if request.sites is not None:
+        conditions.append(_site_condition(level, request.sites))
     for n, (tag, value) in enumerate(request.filters.items()):
         attr = by_tag(tag)
         if attr is None or (attr.column is not None and rank(attr.level) > rank(level)):
@@ -264,7 +269,9 @@ def search(
         rows = rows[:limit]
         ids = [row["_id"] for row in rows]
         modalities = _modalities(conn, ids) if level is Level.STUDY else {}
-        patient_studies = _patient_studies(conn, ids) if level is Level.PATIENT else {}
+        patient_studies = (
+            _patient_studies(conn, ids, request.sites) if level is Level.PATIENT else {}
+        )
         headers = (
             _headers(conn, level, ids)
             if (header_tags or (request.include_all and level is Level.INSTANCE))
@@ -330,14 +337,21 @@ def _modalities(conn: Any, study_ids: Sequence[int]) -> dict[int, list[str]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _patient_studies(conn: Any, patient_ids: Sequence[int]) -> dict[int, int]:
+def _site_condition(level: Level, sites: frozenset[str]) -> Any:
+    if level is Level.PATIENT:
+        return exists().where(studies.c.patient_fk == patients.c.id, studies.c.site.in_(sites))
+    return studies.c.site.in_(sites)
+
+
+def _patient_studies(
+    conn: Any, patient_ids: Sequence[int], sites: frozenset[str] | None
+) -> dict[int, int]:
     if not patient_ids:
         return {}
-    rows = conn.execute(
-        select(studies.c.patient_fk, func.count())
-        .where(studies.c.patient_fk.in_(patient_ids))
-        .group_by(studies.c.patient_fk)
-    ).all()
+    query = select(studies.c.patient_fk, func.count()).where(studies.c.patient_fk.in_(patient_ids))
+    if sites is not None:
+        query = query.where(studies.c.site.in_(sites))
+    rows = conn.execute(query.group_by(studies.c.patient_fk)).all()
     return {int(k): int(n) for k, n in rows}
 
 

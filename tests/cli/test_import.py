@@ -41,6 +41,9 @@ def command_env(settings: Settings, **extra: str) -> dict[str, str]:
             if settings.s3_secret_access_key
             else None
         ),
+        "DICOMVAULT_ENCRYPTION_KEY_FILE": (
+            str(settings.encryption_key_file) if settings.encryption_key_file else None
+        ),
     }
     env.update({k: v for k, v in optional.items() if v})
     env.update(extra)

@@ -19,22 +19,31 @@ from dicomvault.storage import (
     verified,
 )
 from dicomvault.storage.base import BLOCK_SIZE
+from dicomvault.storage.crypto import EncryptedStore
+from dicomvault.storage.keys import FileMasterKey, KeyRing
 from dicomvault.storage.s3 import S3Store
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "encrypted-local", "encrypted-s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    if request.param == "local":
-        yield LocalStore(tmp_path / "objects")
-    elif request.param == "memory":
-        yield MemoryStore()
+    kind = str(request.param)
+    plain: ObjectStore
+    if kind.endswith("local"):
+        plain = LocalStore(tmp_path / "objects")
+    elif kind == "memory":
+        plain = MemoryStore()
     else:
         endpoint: str = request.getfixturevalue("s3_endpoint")
         bucket = new_bucket(endpoint, "conf")
-        yield S3Store(
+        plain = S3Store(
             bucket, "p", endpoint_url=endpoint, access_key_id=S3_KEY, secret_access_key=S3_SECRET
         )
+    if kind.startswith("encrypted"):
+        # Envelope encryption must pass the same suite as the stores it wraps.
+        yield EncryptedStore(plain, KeyRing(FileMasterKey(secrets.token_bytes(32))))
+    else:
+        yield plain
 
 
 def test_put_reports_size_and_sha256_and_reads_back(store: ObjectStore) -> None:

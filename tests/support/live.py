@@ -5,15 +5,17 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.app import create_app
+from dicomvault.tls import uvicorn_config
 
-__all__ = ["running_server"]
+__all__ = ["free_port", "running_server", "wait_for_health"]
 
 
 def free_port() -> int:
@@ -24,10 +26,16 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(archive: Archive) -> Iterator[str]:
-    """Yield the base URL (http://127.0.0.1:PORT) of a live server on `archive`."""
+    """Yield the base URL (http://127.0.0.1:PORT, https with a TLS certificate in the
+    settings) of a live server on `archive`."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(archive), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+    config = uvicorn_config(
+        create_app(archive),
+        archive.settings,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -38,7 +46,22 @@ def running_server(archive: Archive) -> Iterator[str]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        scheme = "https" if archive.settings.tls_cert_file else "http"
+        yield f"{scheme}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_for_health(base: str, alive: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll `base`/health until it answers 200; fail early if `alive()` turns False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"no healthy server at {base}")
+        time.sleep(0.1)

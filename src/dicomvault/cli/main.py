@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from dicomvault import __version__
+from dicomvault.cli.access_cmd import audit_app, sites_app, users_app
 from dicomvault.cli.admin import config_app, db_app
 from dicomvault.cli.import_cmd import import_files
+from dicomvault.cli.integrity_cmd import keys_app, verify
 from dicomvault.cli.jobs import jobs_app, worker
 from dicomvault.cli.serve import serve
 
@@ -25,6 +27,11 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.command("worker")(worker)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(sites_app, name="sites")
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+app.command("verify")(verify)
 
 
 @app.command("version")

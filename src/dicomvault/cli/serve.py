@@ -8,10 +8,29 @@ from typing import Annotated
 import typer
 
 from dicomvault.archive import Archive
-from dicomvault.cli.common import ConfigOption, DataDirOption, console, settings_from
+from dicomvault.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    console,
+    err_console,
+    settings_from,
+)
+from dicomvault.config import Settings
 from dicomvault.jobs.worker import start_serve_workers
 
 __all__ = ["serve"]
+
+
+def refuse_if_insecure(settings: Settings, archive: Archive) -> None:
+    """Secure defaults: exit 2 with the reason instead of serving patient data openly."""
+    from dicomvault.access.startup import InsecureConfiguration, check_secure_defaults
+
+    try:
+        check_secure_defaults(settings, archive.db)
+    except InsecureConfiguration as exc:
+        archive.close()
+        err_console.print(f"dicomvault: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
 
 
 def serve(
@@ -31,25 +50,31 @@ def serve(
     import uvicorn
 
     from dicomvault.dicomweb.app import create_app
+    from dicomvault.tls import uvicorn_config
 
     settings = settings_from(config, data_dir=data_dir, host=host, http_port=http_port)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     archive = Archive.open(settings)
+    refuse_if_insecure(settings, archive)
     console.print(
         f"dicomvault: index {settings.masked()['database_url']}, objects {archive.store.url}"
     )
-    console.print(f"DICOMweb at http://{settings.host}:{settings.http_port}/dicom-web")
+    scheme = "https" if settings.tls_cert_file else "http"
+    console.print(f"DICOMweb at {scheme}://{settings.host}:{settings.http_port}/dicom-web")
     workers = start_serve_workers(archive)
     try:
-        uvicorn.run(
-            create_app(archive),
-            host=settings.host,
-            port=settings.http_port,
-            log_level=log_level,
-            access_log=log_level == "debug",
-        )
+        uvicorn.Server(
+            uvicorn_config(
+                create_app(archive),
+                settings,
+                host=settings.host,
+                port=settings.http_port,
+                log_level=log_level,
+                access_log=log_level == "debug",
+            )
+        ).run()
     finally:
         if workers is not None:
             workers.stop(timeout=30)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
-from dicomvault.dicomweb import pixels, qido, stow, wado
+from dicomvault.dicomweb import delete, login, pixels, qido, stow, wado
+from dicomvault.dicomweb.access import AuditMiddleware, guard
 from dicomvault.errors import (
     DicomVaultError,
     DuplicateConflict,
@@ -42,17 +43,25 @@ _STATUS: tuple[tuple[type[DicomVaultError], int], ...] = (
 
 
 def create_app(archive: Archive) -> FastAPI:
+    # Every route passes `guard` (access control); the API docs are left out when
+    # authentication is on, so that nothing at all is open but health and login.
+    open_docs = not archive.settings.auth_required
     app = FastAPI(
         title="dicomvault",
         version=__version__,
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) over object storage.",
+        dependencies=[Depends(guard)],
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
+        openapi_url="/openapi.json" if open_docs else None,
     )
+    app.add_middleware(AuditMiddleware)
     app.state.archive = archive
     if archive.settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=archive.settings.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["Warning", "Content-Type", "Content-Length"],
         )
@@ -74,6 +83,9 @@ def create_app(archive: Archive) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (stow.router, qido.router, wado.router, pixels.router):
+    for router in (stow.router, qido.router, wado.router, pixels.router, delete.router):
         app.include_router(router, prefix="/dicom-web")
+    # STOW-RS naming the site the new studies belong to.
+    app.include_router(stow.router, prefix="/dicom-web/sites/{site}")
+    app.include_router(login.router)
     return app

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
+from dicomvault.dicomweb.access import AccessContext
 from dicomvault.dicomweb.media import parse_accept
 from dicomvault.dicomweb.responses import dicom_json_response, root_url
 from dicomvault.errors import InvalidQuery, NotAcceptable
@@ -72,6 +73,8 @@ async def _search(
     _check_accept(request)
     archive: Archive = request.app.state.archive
     query = _request(request, level, study, series)
+    context: AccessContext = request.state.access
+    query.sites = context.sites
     result = await run_in_threadpool(
         search,
         archive.db,

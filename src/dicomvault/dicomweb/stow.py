@@ -21,6 +21,7 @@ from pydicom.tag import Tag
 from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
+from dicomvault.dicomweb.access import AccessContext
 from dicomvault.dicomweb.media import parse_media_type
 from dicomvault.dicomweb.multipart import MultipartError, Part, close_parts, read_parts
 from dicomvault.dicomweb.responses import DICOM_JSON, root_url
@@ -107,8 +108,16 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
     if not parts:
         return _error(400, "the multipart body has no parts")
     try:
-        origin = Origin(Door.DICOMWEB, address=request.client.host if request.client else None)
-        return await _store_parts(archive, parts, study, root_url(request), origin)
+        context: AccessContext = request.state.access
+        origin = Origin(
+            Door.DICOMWEB,
+            site=context.store_site,
+            user=context.principal.name,
+            address=request.client.host if request.client else None,
+        )
+        return await _store_parts(
+            archive, parts, study, root_url(request), origin, context.stored_studies
+        )
     finally:
         close_parts(parts)
 
@@ -127,7 +136,12 @@ class _PartOutcome:
 
 
 async def _store_parts(
-    archive: Archive, parts: list[Part], study: str | None, base: str, origin: Origin
+    archive: Archive,
+    parts: list[Part],
+    study: str | None,
+    base: str,
+    origin: Origin,
+    stored_studies: set[str],
 ) -> Response:
     # Parts are ingested several at a time: their object writes (and fsyncs) overlap,
     # which is most of the gain of a many-instance request; the index stays consistent
@@ -147,6 +161,7 @@ async def _store_parts(
                 )
             except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others
                 return _failed(number, part, exc)
+        stored_studies.add(result.study_uid)
         return _PartOutcome(_Kind.STORED, _reference(base, result))
 
     outcomes = await asyncio.gather(*(store(n, p) for n, p in enumerate(parts, start=1)))

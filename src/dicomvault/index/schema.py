@@ -236,3 +236,8 @@ def include_for(dialect: str) -> Callable[..., bool]:
         return bool(condition.dialect == dialect)
 
     return include
+
+
+# Access control and audit tables live with their component, on this same metadata;
+# imported last because they use `metadata` and `Id` from above.
+from dicomvault.access import tables as _access_tables  # noqa: E402, F401

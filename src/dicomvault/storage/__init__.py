@@ -3,11 +3,15 @@
 file:///var/lib/dicomvault/objects   LocalStore (the default, under data_dir)
 s3://bucket/prefix                   S3Store (endpoint from settings for MinIO & co.)
 memory://                            MemoryStore (tests, throw-away runs)
+
+With a master key configured (a key file or AWS KMS), the store is wrapped in an
+`EncryptedStore` (storage/crypto.py): see `keyring_from_settings`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dicomvault.config import Settings
@@ -21,6 +25,7 @@ from dicomvault.storage.base import (
     verified,
     verified_range,
 )
+from dicomvault.storage.keys import FileMasterKey, KeyRing, KmsMasterKey, MasterKey
 from dicomvault.storage.local import LocalStore
 from dicomvault.storage.memory import MemoryStore
 
@@ -30,6 +35,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "PutResult",
+    "keyring_from_settings",
     "new_key",
     "open_store",
     "read_range_verified",
@@ -60,5 +66,34 @@ def open_store(settings: Settings) -> ObjectStore:
             region=settings.s3_region,
             access_key_id=settings.s3_access_key_id,
             secret_access_key=secret.get_secret_value() if secret else None,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
         )
     raise ValueError(f"unsupported storage URL {url!r}: use file://, s3:// or memory://")
+
+
+def keyring_from_settings(settings: Settings) -> KeyRing | None:
+    """The master keys of encryption at rest, or None when it is not configured."""
+    older: list[MasterKey] = [FileMasterKey.from_file(p) for p in settings.encryption_old_key_files]
+    if settings.encryption_old_kms_key_ids or settings.encryption_kms_key_id:
+        client = _kms_client(settings)
+        older += [KmsMasterKey(k, client) for k in settings.encryption_old_kms_key_ids]
+        if settings.encryption_kms_key_id:
+            return KeyRing(KmsMasterKey(settings.encryption_kms_key_id, client), older)
+    if settings.encryption_key_file is not None:
+        return KeyRing(FileMasterKey.from_file(settings.encryption_key_file), older)
+    if older:
+        raise ValueError("old encryption keys are configured but no current one")
+    return None
+
+
+def _kms_client(settings: Settings) -> Any:
+    import boto3
+
+    secret = settings.s3_secret_access_key
+    return boto3.client(
+        "kms",
+        region_name=settings.s3_region,
+        endpoint_url=settings.kms_endpoint_url,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret else None,
+    )

@@ -32,6 +32,7 @@ class S3Store:
         region: str = "us-east-1",
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -43,6 +44,9 @@ class S3Store:
             config["access_key_id"] = access_key_id
         if secret_access_key:
             config["secret_access_key"] = secret_access_key
+        if sse_kms_key_id:  # SSE-KMS: S3 encrypts every object with this KMS key
+            config["server_side_encryption"] = "aws:kms"
+            config["sse_kms_key_id"] = sse_kms_key_id
         client_options = {"allow_http": bool(endpoint_url and endpoint_url.startswith("http:"))}
         self._store = _ObstoreS3(
             bucket,

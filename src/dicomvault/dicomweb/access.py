@@ -1,0 +1,315 @@
+"""The HTTP door's access control: every route passes `guard`, every outcome is audited.
+
+`guard` is an app-wide dependency, so a route added later is covered without being
+named here: it authenticates the caller, classifies the route (`classify`: public,
+authenticated-only, or an `Action`; a route it cannot classify is refused), asks
+the one policy function, and leaves an `AccessContext` in `request.state` for the
+routes (sites a search is limited to, the site a store goes to).
+
+`AuditMiddleware` writes one audit record per request that reached a route
+(success or failure, with its status code); refusals and failed logins are
+recorded by `guard` itself, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import HTTPException, Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomvault.access.accounts import site_directory
+from dicomvault.access.audit import AuditAction, AuditEvent, Outcome
+from dicomvault.access.authn import AuthenticationFailed
+from dicomvault.access.policy import Action, Principal, decide, readable_sites
+from dicomvault.access.sinks import Auditor
+from dicomvault.archive import Archive
+from dicomvault.index.db import Database
+from dicomvault.index.schema import patients, studies
+from dicomvault.model.uids import is_valid_uid
+
+__all__ = [
+    "AUTHENTICATED",
+    "PUBLIC",
+    "AccessContext",
+    "AuditMiddleware",
+    "classify",
+    "guard",
+    "route_path",
+]
+
+PUBLIC = "public"  # no credentials needed, no patient data: health, login
+AUTHENTICATED = "authenticated"  # any authenticated caller: service info, whoami
+_PUBLIC_PATHS = frozenset({"/health", "/auth/login"})
+_AUTHENTICATED_PATHS = frozenset({"/dicom-web", "/auth/whoami"})
+_SEARCH_ENDS = frozenset({"studies", "series", "instances"})
+_AUDITED = {
+    Action.QUERY: AuditAction.QUERY,
+    Action.RETRIEVE: AuditAction.RETRIEVE,
+    Action.STORE: AuditAction.STORE,
+    Action.DELETE: AuditAction.DELETE,
+    Action.EXPORT: AuditAction.EXPORT,
+}
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="dicomvault", Bearer realm="dicomvault"'}
+
+
+def classify(method: str, path: str) -> str | Action | None:
+    """What a route (method + path template) needs; None: unknown, refused."""
+    if path in _PUBLIC_PATHS:
+        return PUBLIC
+    if path in _AUTHENTICATED_PATHS:
+        return AUTHENTICATED
+    if not path.startswith("/dicom-web/"):
+        return None
+    if method == "POST":
+        return Action.STORE
+    if method == "DELETE":
+        return Action.DELETE
+    if method in ("GET", "HEAD"):
+        return Action.QUERY if path.rsplit("/", 1)[-1] in _SEARCH_ENDS else Action.RETRIEVE
+    return None
+
+
+@dataclass
+class AccessContext:
+    principal: Principal
+    action: Action | None
+    sites: frozenset[str] | None  # what searches are limited to (None: no restriction)
+    store_site: str | None = None  # the site new studies are filed under
+    study_uid: str | None = None
+    patient_id: str | None = None
+    stored_studies: set[str] = field(default_factory=set)  # filled in by STOW-RS
+
+
+@dataclass(frozen=True)
+class _Study:
+    site: str | None
+    patient_id: str
+
+
+def _study(db: Database, study_uid: str) -> _Study | None:
+    with db.read() as conn:
+        row = conn.execute(
+            select(studies.c.site, patients.c.patient_id)
+            .join(patients, patients.c.id == studies.c.patient_fk)
+            .where(studies.c.study_uid == study_uid)
+        ).first()
+    return _Study(row.site, row.patient_id) if row is not None else None
+
+
+def route_path(scope: Scope) -> str:
+    """The path template of the matched route, prefixes of included routers included.
+
+    FastAPI >= 0.16x keeps included routers whole and puts the effective route (with
+    its full path) in the scope; older versions copy routes with the full path."""
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(effective, "path", None)
+    if isinstance(path, str):
+        return path
+    route = scope.get("route")
+    return route.path if isinstance(route, Route) else "(no route)"
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def guard(request: Request) -> None:
+    """Authenticate and authorize the request for its route, or refuse (and audit it)."""
+    need = classify(request.method, route_path(request.scope))
+    if need == PUBLIC:
+        return
+    archive: Archive = request.app.state.archive
+    address = _address(request)
+    try:
+        principal = await run_in_threadpool(
+            archive.authenticator.authenticate, request.headers.get("authorization"), address
+        )
+    except AuthenticationFailed as exc:
+        await _refuse_login(archive.auditor, request, exc, address)
+        raise HTTPException(401, str(exc), headers=_CHALLENGE) from exc
+    if need is None:
+        await _deny(archive.auditor, request, principal, None, "route has no access rule")
+        raise HTTPException(403, "this route is not open to anyone")
+    if need == AUTHENTICATED:
+        request.state.access = AccessContext(principal, None, None)
+        return
+    assert isinstance(need, Action)
+    context = await run_in_threadpool(_authorize, archive.db, request, principal, need)
+    request.state.access = context
+
+
+def _authorize(
+    db: Database, request: Request, principal: Principal, action: Action
+) -> AccessContext:
+    """The policy decision for one request; raises HTTPException (audited) on refusal."""
+    with db.read() as conn:
+        directory = site_directory(conn)
+    sites = readable_sites(principal, directory)
+    context = AccessContext(principal, action, sites)
+    explicit_site = request.path_params.get("site")
+    if action is Action.STORE:
+        context.store_site = _store_site(principal, explicit_site, {s.code for s in directory})
+    raw_study = request.path_params.get("study")
+    # A malformed UID names no study: the route answers 400 for it; the audit keeps
+    # only valid UIDs in its study column (the raw path is in the record's detail).
+    study_uid = raw_study if is_valid_uid(raw_study) else None
+    found = _study(db, study_uid) if study_uid else None
+    if found is not None:
+        context.study_uid, context.patient_id = study_uid, found.patient_id
+        decision = decide(principal, action, directory=directory, site=found.site)
+        if not decision:
+            _deny_sync(db, request, principal, context, decision.reason)
+            if action is Action.STORE or sites is None or found.site in sites:
+                raise HTTPException(403, decision.reason)
+            raise HTTPException(404, "no such study")  # another site's: not even its existence
+        return context
+    if action is Action.STORE:
+        decision = decide(principal, action, directory=directory, site=context.store_site)
+    else:
+        decision = decide(principal, action, directory=directory, any_site=True)
+    if not decision:
+        _deny_sync(db, request, principal, context, decision.reason)
+        raise HTTPException(403, decision.reason)
+    context.study_uid = study_uid
+    return context
+
+
+def _store_site(principal: Principal, explicit: str | None, known: set[str]) -> str | None:
+    """Where new studies go: the site in the path, else the caller's only site."""
+    if explicit is not None:
+        if explicit not in known:
+            raise HTTPException(404, f"no site {explicit}")
+        return explicit
+    if principal.sites is not None and len(principal.sites) == 1:
+        return next(iter(principal.sites))
+    return None
+
+
+def _event(
+    request: Request,
+    principal: Principal | None,
+    action: AuditAction,
+    outcome: Outcome,
+    detail: dict[str, Any],
+    context: AccessContext | None = None,
+    claimed: str | None = None,
+) -> AuditEvent:
+    return AuditEvent(
+        actor=principal.name if principal else (claimed or "anonymous"),
+        actor_kind=principal.kind if principal else "anonymous",
+        door="dicomweb",
+        action=action,
+        outcome=outcome,
+        address=_address(request),
+        patient_id=context.patient_id if context else None,
+        study_uid=context.study_uid if context else None,
+        detail={"method": request.method, "path": request.url.path[:2000], **detail},
+    )
+
+
+def _deny_sync(
+    db: Database,
+    request: Request,
+    principal: Principal,
+    context: AccessContext | None,
+    reason: str,
+) -> None:
+    archive: Archive = request.app.state.archive
+    request.state.audited = True
+    archive.auditor.record(
+        _event(
+            request,
+            principal,
+            AuditAction.PERMISSION_DENIED,
+            Outcome.DENIED,
+            {
+                "reason": reason,
+                "wanted": context.action.value if context and context.action else None,
+            },
+            context,
+        )
+    )
+
+
+async def _deny(
+    auditor: Auditor,
+    request: Request,
+    principal: Principal,
+    context: AccessContext | None,
+    reason: str,
+) -> None:
+    await run_in_threadpool(_deny_sync, auditor.db, request, principal, context, reason)
+
+
+async def _refuse_login(
+    auditor: Auditor, request: Request, exc: AuthenticationFailed, address: str | None
+) -> None:
+    request.state.audited = True
+    action = AuditAction.LOGIN_FAILED if exc.given else AuditAction.PERMISSION_DENIED
+    event = _event(
+        request,
+        None,
+        action,
+        Outcome.DENIED if not exc.given else Outcome.FAILURE,
+        {"reason": str(exc)},
+        claimed=exc.claimed,
+    )
+    await run_in_threadpool(auditor.record, event)
+
+
+class AuditMiddleware:
+    """One audit record for each request a route served (the outcome is its status)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        recorded = False
+
+        async def capture(message: Message) -> None:
+            # The record is written before the last body chunk leaves, so a client that
+            # has its answer can rely on the audit trail already holding the request.
+            nonlocal status, recorded
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                recorded = True
+                await self._record(scope, status)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            if not recorded:  # the response broke off (an error mid-stream)
+                await self._record(scope, status)
+
+    async def _record(self, scope: Scope, status: int) -> None:
+        state = scope.get("state") or {}
+        context: AccessContext | None = state.get("access")
+        if context is None or context.action is None or state.get("audited"):
+            return
+        archive: Archive = scope["app"].state.archive
+        request = Request(scope)
+        detail: dict[str, Any] = {"status": status}
+        if request.url.query:
+            detail["query"] = request.url.query
+        if context.stored_studies:
+            detail["studies"] = sorted(context.stored_studies)
+            if context.study_uid is None and len(context.stored_studies) == 1:
+                context.study_uid = next(iter(context.stored_studies))
+                found = await run_in_threadpool(_study, archive.db, context.study_uid)
+                context.patient_id = found.patient_id if found else None
+        outcome = Outcome.SUCCESS if status < 400 else Outcome.FAILURE
+        event = _event(
+            request, context.principal, _AUDITED[context.action], outcome, detail, context
+        )
+        await run_in_threadpool(archive.auditor.record, event)
