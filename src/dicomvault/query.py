@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import Select, and_, exists, func, or_, select
+from sqlalchemy import Select, and_, exists, func, or_, select, true
 
 from dicomvault.errors import InvalidQuery
 from dicomvault.index.attributes import ATTRIBUTES, Attribute, by_tag, rank, tag_of
@@ -273,7 +273,7 @@ def search(
             _patient_studies(conn, ids, request.sites) if level is Level.PATIENT else {}
         )
         headers = (
-            _headers(conn, level, ids)
+            _headers(conn, level, ids, request.sites)
             if (header_tags or (request.include_all and level is Level.INSTANCE))
             else {}
         )
@@ -355,7 +355,9 @@ def _patient_studies(
     return {int(k): int(n) for k, n in rows}
 
 
-def _headers(conn: Any, level: Level, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+def _headers(
+    conn: Any, level: Level, ids: Sequence[int], sites: frozenset[str] | None
+) -> dict[int, dict[str, Any]]:
     """The header of each match: its own at instance level, else a representative instance's."""
     if not ids:
         return {}
@@ -372,7 +374,10 @@ def _headers(conn: Any, level: Level, ids: Sequence[int]) -> dict[int, dict[str,
         owner_q = (
             select(studies.c.patient_fk.label("owner"), func.min(instances.c.id).label("first"))
             .join(instances, instances.c.study_fk == studies.c.id)
-            .where(studies.c.patient_fk.in_(ids))
+            .where(
+                studies.c.patient_fk.in_(ids),
+                studies.c.site.in_(sites) if sites is not None else true(),
+            )
             .group_by(studies.c.patient_fk)
         )
     else:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dicomvault.access.policy import Action, Principal, Role, SiteInfo, decide, readable_sites
+from dicomvault.access.policy import (
+    Action,
+    Decision,
+    Principal,
+    Role,
+    SiteInfo,
+    ae_principal,
+    decide,
+    readable_sites,
+)
 
 DIRECTORY = [
     SiteInfo("A", "ORG1", org_shared=False),
@@ -56,3 +65,48 @@ def test_role_names() -> None:
     assert Role.parse("Referrer") is Role.VIEWER
     with pytest.raises(ValueError, match="unknown role 'nurse'"):
         Role.parse("nurse")
+
+
+def test_a_dimse_peer_has_its_registered_permissions_and_host() -> None:
+    """The known-AE registry's flags go through the same decision as users' roles."""
+    modality = ae_principal(
+        "CT01",
+        site="A",
+        may_store=True,
+        may_query=False,
+        may_retrieve=False,
+        registered_host="10.0.0.5",
+        address="10.0.0.5",
+    )
+    assert isinstance(modality, Principal)
+    assert decide(modality, Action.STORE, directory=DIRECTORY, site="A")
+    assert not decide(modality, Action.STORE, directory=DIRECTORY, site="B")
+    refused = decide(modality, Action.QUERY, directory=DIRECTORY, any_site=True)
+    assert refused.reason == "CT01 may not query"
+    assert not decide(modality, Action.DELETE, directory=DIRECTORY, site="A")
+
+    workstation = ae_principal(
+        "WS01",
+        site="C",
+        may_store=False,
+        may_query=True,
+        may_retrieve=True,
+        registered_host=None,
+        address="10.9.9.9",
+    )
+    assert isinstance(workstation, Principal)
+    assert readable_sites(workstation, DIRECTORY) == {"C"}
+    assert not decide(workstation, Action.RETRIEVE, directory=DIRECTORY, site="B")  # ORG1
+
+    spoofed = ae_principal(
+        "CT01",
+        site="A",
+        may_store=True,
+        may_query=True,
+        may_retrieve=True,
+        registered_host="10.0.0.5",
+        address="10.6.6.6",
+    )
+    assert isinstance(spoofed, Decision)
+    assert not spoofed
+    assert "registered at 10.0.0.5, not 10.6.6.6" in spoofed.reason

@@ -62,6 +62,28 @@ def test_no_count_of_another_organizations_patients(world: World) -> None:
     assert search(world.archive.db, nobody, max_results=10).matches == []
 
 
+def test_header_values_come_from_reachable_studies_only(world: World) -> None:
+    """includefield at patient level reads a representative header: never another site's."""
+    from io import BytesIO
+
+    from dicomvault.model.origin import Door, Origin
+
+    for name, site in (("px-at-A", "A"), ("px-at-C", "C")):  # A's first: the lower row ids
+        for data in study_instances(
+            name, per_series=1, patient_id="PX", study_description=f"SECRET {site}"
+        ):
+            world.archive.ingestor.ingest(BytesIO(data), origin=Origin(Door.API, site=site))
+    description = "00081030"
+    request = QueryRequest(
+        Level.PATIENT,
+        filters={"00100020": "PX"},
+        include={description},
+        sites=frozenset({"C"}),
+    )
+    [match] = search(world.archive.db, request, max_results=10).matches
+    assert match[description]["Value"] == ["SECRET C"]
+
+
 def _stow(world: World, user: str, name: str, path: str = "/dicom-web/studies") -> httpx.Response:
     [data] = list(study_instances(name, per_series=1))
     return httpx.post(

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -25,12 +26,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(archive: Archive) -> Iterator[str]:
+def running_server(archive: Archive, app: Any = None) -> Iterator[str]:
     """Yield the base URL (http://127.0.0.1:PORT, https with a TLS certificate in the
     settings) of a live server on `archive`."""
     port = free_port()
     config = uvicorn_config(
-        create_app(archive),
+        app if app is not None else create_app(archive),
         archive.settings,
         host="127.0.0.1",
         port=port,

@@ -53,6 +53,7 @@ class AuditAction(StrEnum):
     LOGIN_FAILED = "login-failed"
     PERMISSION_DENIED = "permission-denied"
     AUDIT_USED = "audit-used"
+    ACCESS = "access"  # a route without a more specific action (admins only)
 
 
 class Outcome(StrEnum):
@@ -72,6 +73,7 @@ _CODES: dict[AuditAction, tuple[str, str, str]] = {
     AuditAction.LOGIN_FAILED: ("110114", "User Authentication", "E"),
     AuditAction.PERMISSION_DENIED: ("110113", "Security Alert", "E"),
     AuditAction.AUDIT_USED: ("110101", "Audit Log Used", "R"),
+    AuditAction.ACCESS: ("110103", "DICOM Instances Accessed", "R"),
 }
 # EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure.
 _OUTCOME_CODES = {Outcome.SUCCESS: 0, Outcome.FAILURE: 4, Outcome.DENIED: 4}

@@ -30,6 +30,7 @@ __all__ = [
     "Principal",
     "Role",
     "SiteInfo",
+    "ae_principal",
     "decide",
     "readable_sites",
 ]
@@ -84,6 +85,9 @@ class Principal:
     role: Role
     sites: frozenset[str] | None
     address: str | None = None
+    # Actions granted one by one instead of by role (a DIMSE peer's may_store /
+    # may_query / may_retrieve in the known-AE registry); None: the role's.
+    grants: frozenset[Action] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +134,10 @@ def decide(
     whose results are then filtered by `readable_sites`). Otherwise `site` is the site
     of the study touched (None: a study whose site is unknown).
     """
-    if action not in GRANTS[principal.role]:
-        return Decision(False, f"role {principal.role.value} may not {action.value}")
+    granted = principal.grants if principal.grants is not None else GRANTS[principal.role]
+    if action not in granted:
+        who = principal.name if principal.grants is not None else f"role {principal.role.value}"
+        return Decision(False, f"{who} may not {action.value}")
     if any_site or principal.sites is None:
         return Decision(True)
     if site is None:
@@ -142,3 +148,32 @@ def decide(
     if reachable is not None and site not in reachable:
         return Decision(False, f"site {site} is not one of {principal.name}'s sites")
     return Decision(True)
+
+
+def ae_principal(
+    ae_title: str,
+    *,
+    site: str | None,
+    may_store: bool,
+    may_query: bool,
+    may_retrieve: bool,
+    registered_host: str | None,
+    address: str | None,
+) -> Principal | Decision:
+    """The principal a known DIMSE peer acts as, or a refusal when it calls from a host
+    other than the one registered for its AE title (the calling-host check).
+
+    A peer with a site reaches that site (and what its organization shares, for
+    reads); one registered without a site reaches every site, as the local operator.
+    """
+    if registered_host and address and registered_host != address:
+        return Decision(False, f"AE {ae_title} is registered at {registered_host}, not {address}")
+    flags = ((may_store, Action.STORE), (may_query, Action.QUERY), (may_retrieve, Action.RETRIEVE))
+    return Principal(
+        name=ae_title,
+        kind="ae",
+        role=Role.SERVICE,
+        sites=frozenset({site}) if site is not None else None,
+        address=address,
+        grants=frozenset(action for allowed, action in flags if allowed),
+    )

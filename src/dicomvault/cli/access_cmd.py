@@ -18,6 +18,7 @@ from rich.table import Table
 
 from dicomvault.access import accounts, audit
 from dicomvault.access.policy import Role
+from dicomvault.access.sinks import Auditor, open_sink
 from dicomvault.cli.common import ConfigOption, DataDirOption, console, err_console, settings_from
 from dicomvault.index import migrate
 from dicomvault.index.db import Database
@@ -207,8 +208,8 @@ def audit_search(
         )
         # Reading the trail is itself an access to patient data (DCM 110101).
         filters = {"user": user, "patient": patient, "study": study, "action": action}
-        audit.append(
-            db,
+        sink = open_sink(settings_from(config, data_dir=data_dir).audit_sink)
+        Auditor(db, sink).record(
             audit.AuditEvent(
                 actor=getpass.getuser(),
                 actor_kind="local",
