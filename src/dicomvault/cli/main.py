@@ -6,6 +6,7 @@ import typer
 
 from dicomvault import __version__
 from dicomvault.cli.admin import config_app, db_app
+from dicomvault.cli.changes import changes, export_metadata_cmd
 from dicomvault.cli.import_cmd import import_files
 from dicomvault.cli.jobs import jobs_app, worker
 from dicomvault.cli.serve import serve
@@ -25,6 +26,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.command("worker")(worker)
 app.add_typer(jobs_app, name="jobs")
+app.command("changes")(changes)
+app.command("export-metadata")(export_metadata_cmd)
 
 
 @app.command("version")

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from dicomvault import __version__
+from dicomvault.api import changefeed
 from dicomvault.archive import Archive
 from dicomvault.dicomweb import pixels, qido, stow, wado
 from dicomvault.errors import (
@@ -76,4 +77,5 @@ def create_app(archive: Archive) -> FastAPI:
 
     for router in (stow.router, qido.router, wado.router, pixels.router):
         app.include_router(router, prefix="/dicom-web")
+    app.include_router(changefeed.router)
     return app
