@@ -222,3 +222,26 @@ def test_notification_bodies_are_read_safely() -> None:
     assert keys_in(body, store) == ["inbox/a b.dcm"]
     assert keys_in("not json", store) == []
     assert keys_in(json.dumps({"Event": "s3:TestEvent"}), store) == []
+
+
+def test_file_system_events_discover_files_in_a_local_inbox(
+    inbox_settings: Settings, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("file-system events exist for the local directory store only")
+    settings = inbox_settings.model_copy(update={"inbox_scan_seconds": 3600})
+    archive = Archive.open(settings)
+    worker = Worker(archive, concurrency=1)
+    worker.start()  # the watcher thread with it
+    try:
+        time.sleep(0.5)  # let the watcher start
+        sop, data = _instance("watched")
+        Outside(settings).write("inbox/watched.dcm", data)
+        with running_server(archive) as server:
+            deadline = time.monotonic() + 30
+            while not _qido(server, sop):
+                assert time.monotonic() < deadline, "the watcher did not queue the file"
+                time.sleep(0.1)
+    finally:
+        worker.stop(timeout=10)
+        archive.close()

@@ -80,7 +80,7 @@ def is_indexed(dialect: str, value: str, vr: str | None) -> bool:
 # full. PostgreSQL cannot tell the two apart: it estimates every containment at 0.1% of
 # the rows, and with ORDER BY id LIMIT n picks the id walk, which for a rare value reads
 # every header (seconds on a million instances).
-SELECTIVE_BELOW = 5000
+SELECTIVE_BELOW = 1000
 
 
 def selective(conn: Any, condition: ColumnElement[bool], instances_table: Any) -> bool:

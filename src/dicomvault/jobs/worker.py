@@ -101,6 +101,11 @@ class Worker:
     # -- running ---------------------------------------------------------------
 
     def start(self) -> None:
+        from dicomvault.pipeline.inbox_watch import start_watcher
+
+        watcher = start_watcher(self.archive, self._stop)
+        if watcher is not None:
+            self._threads.append(watcher)
         for number in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, args=(number,), daemon=True, name=f"worker-{number}"
