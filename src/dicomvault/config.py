@@ -147,6 +147,17 @@ class Settings(BaseSettings):
         description="SQS queue receiving the bucket's ObjectCreated notifications for the "
         "inbox; listing remains as a safety net.",
     )
+    reconcile_seconds: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="How often workers compare the object store with the index (none: never).",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An object without an index row is adopted (or removed, if it is not a "
+        "valid instance) once it has been seen for this long.",
+    )
     job_modules: list[str] = Field(
         default_factory=list,
         description="Extra Python modules whose job handlers and event subscribers the "

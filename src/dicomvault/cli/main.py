@@ -9,6 +9,7 @@ from dicomvault.cli.admin import config_app, db_app
 from dicomvault.cli.changes import changes, export_metadata_cmd
 from dicomvault.cli.import_cmd import import_files
 from dicomvault.cli.jobs import jobs_app, worker
+from dicomvault.cli.reconcile import reconcile_cmd
 from dicomvault.cli.serve import serve
 
 __all__ = ["app", "main"]
@@ -28,6 +29,7 @@ app.command("worker")(worker)
 app.add_typer(jobs_app, name="jobs")
 app.command("changes")(changes)
 app.command("export-metadata")(export_metadata_cmd)
+app.command("reconcile")(reconcile_cmd)
 
 
 @app.command("version")

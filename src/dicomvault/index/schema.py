@@ -38,6 +38,7 @@ __all__ = [
     "jobs",
     "metadata",
     "objects",
+    "orphan_objects",
     "patients",
     "series",
     "studies",
@@ -233,6 +234,15 @@ study_readiness = Table(
     Column("told_seq", BigInteger),
     Column("ready_at", DateTime(timezone=True)),
     Column("due_at", DateTime(timezone=True), index=True),
+)
+
+# The reconciler (pipeline/reconcile.py): objects found in the store without an index
+# row, and when first seen; they are adopted or removed once older than the grace period.
+orphan_objects = Table(
+    "orphan_objects",
+    metadata,
+    Column("key", String(1024), primary_key=True),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
 )
 
 

@@ -44,6 +44,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "dicomvault.pipeline.study_ready",
     "dicomvault.pipeline.inbox",
     "dicomvault.pipeline.inbox_sqs",
+    "dicomvault.pipeline.reconcile",
 )
 
 # A subscriber's event that failed every attempt becomes a dead job of this kind + name,

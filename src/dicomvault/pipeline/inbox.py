@@ -21,6 +21,7 @@ import logging
 import secrets
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -35,7 +36,15 @@ if TYPE_CHECKING:
     from dicomvault.archive import Archive
     from dicomvault.config import Settings
 
-__all__ = ["INGEST", "SCAN", "enqueue_keys", "ingest_file", "open_inbox_object", "scan"]
+__all__ = [
+    "INGEST",
+    "SCAN",
+    "enqueue_keys",
+    "ingest_file",
+    "open_inbox_object",
+    "scan",
+    "spooled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +54,26 @@ _SPOOL = 8 * 1024 * 1024
 _REFUSED = (InvalidInstance, StudyMismatch, DuplicateConflict)
 
 
-def open_inbox_object(store: ObjectStore, key: str) -> IO[bytes]:
-    """The inbox file's bytes as a seekable file, read as written (plain, not decrypted).
-
-    Foreign tools write the inbox in plaintext, so this is the one place that reads
-    it, through the store's plain path. Large files spool to a temporary file.
-    """
+def spooled(chunks: Iterable[bytes]) -> IO[bytes]:
+    """`chunks` as a seekable file (what ingest reads); large ones spool to a temporary file."""
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL)  # noqa: SIM115 (returned open)
     try:
-        for chunk in store.iter_bytes(key):
+        for chunk in chunks:
             spool.write(chunk)
     except BaseException:
         spool.close()
         raise
     spool.seek(0)
     return spool
+
+
+def open_inbox_object(store: ObjectStore, key: str) -> IO[bytes]:
+    """The inbox file's bytes as a seekable file, read as written (plain, not decrypted).
+
+    Foreign tools write the inbox in plaintext, so this is the one place that reads
+    it, through the store's plain path.
+    """
+    return spooled(store.iter_bytes(key))
 
 
 def _settled(store: ObjectStore, key: str, settle: float) -> bool:
