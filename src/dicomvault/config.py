@@ -121,6 +121,49 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often an idle worker looks for new jobs."
     )
+    study_quiet_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A study is ready (event study.ready) when no instance has arrived "
+        "for this long.",
+    )
+    study_ready_check_seconds: float = Field(
+        default=5.0, gt=0, description="How often workers look for studies that became ready."
+    )
+    inbox_prefix: str | None = Field(
+        default=None,
+        description="Prefix (in the object store) where other tools drop files to ingest, "
+        "e.g. inbox/; none: no inbox.",
+    )
+    quarantine_prefix: str = Field(
+        default="quarantine/",
+        description="Where inbox files that cannot be stored are moved, with a reason.",
+    )
+    inbox_scan_seconds: float = Field(
+        default=10.0, gt=0, description="How often workers list the inbox for new files."
+    )
+    inbox_settle_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Local directory store: a file is taken once unchanged for this long "
+        "(it may still be being copied).",
+    )
+    inbox_sqs_queue_url: str | None = Field(
+        default=None,
+        description="SQS queue receiving the bucket's ObjectCreated notifications for the "
+        "inbox; listing remains as a safety net.",
+    )
+    reconcile_seconds: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="How often workers compare the object store with the index (none: never).",
+    )
+    reconcile_grace_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An object without an index row is adopted (or removed, if it is not a "
+        "valid instance) once it has been seen for this long.",
+    )
     job_modules: list[str] = Field(
         default_factory=list,
         description="Extra Python modules whose job handlers and event subscribers the "
@@ -214,6 +257,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{bad}: only asymmetric algorithms (RS*, PS*, ES*, EdDSA)")
         return value
 
+    @field_validator("inbox_prefix", "quarantine_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        stripped = value.strip("/")
+        if not stripped or ".." in stripped.split("/") or stripped.split("/")[0] in _RESERVED:
+            raise ValueError("give a key prefix of its own, such as inbox/")
+        return stripped + "/"
+
     @field_validator(
         "database_url",
         "storage_url",
@@ -225,6 +278,8 @@ class Settings(BaseSettings):
         "encryption_kms_key_id",
         "kms_endpoint_url",
         "s3_sse_kms_key_id",
+        "inbox_sqs_queue_url",
+        "inbox_prefix",
         mode="before",
     )
     @classmethod
@@ -290,6 +345,9 @@ class Settings(BaseSettings):
                 values[key] = "**********"
         return values
 
+
+# Key prefixes the archive writes itself (storage.new_key, the local store's temp files).
+_RESERVED = frozenset({"instances", ".tmp"})
 
 _URL_SETTINGS = ("database_url", "storage_url", "s3_endpoint_url", "kms_endpoint_url")
 _MASK = "***"

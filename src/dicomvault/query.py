@@ -26,7 +26,7 @@ from sqlalchemy import Select, and_, exists, func, or_, select, true
 from dicomvault.errors import InvalidQuery
 from dicomvault.index.attributes import ATTRIBUTES, Attribute, by_tag, rank, tag_of
 from dicomvault.index.db import Database
-from dicomvault.index.header_match import header_condition
+from dicomvault.index.header_match import header_condition, is_indexed, selective
 from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.model.levels import Level
 
@@ -80,13 +80,24 @@ def _resolve_one(name: str) -> str:
     return f"{tag:08X}"
 
 
+def _path_vr(tag: str) -> tuple[list[str], str | None]:
+    path = tag.split(".")
+    vr = _vr(path[-1])
+    return path, None if vr == "UN" else vr
+
+
+def _probe(dialect: str, tag: str, value: str) -> Any:
+    """The header condition on the instances table itself, when the GIN index answers it."""
+    path, vr = _path_vr(tag)
+    if not is_indexed(dialect, value, vr):
+        return None
+    return header_condition(dialect, "instances", instances.c.header, path, value, vr)
+
+
 def _header_match(dialect: str, level: Level, n: int, tag: str, value: str) -> Any:
     """Condition: the match (or, above the instance level, one of its instances) has a
     header value at the dotted path `tag` that matches `value`."""
-    path = tag.split(".")
-    vr: str | None = _vr(path[-1])
-    if vr == "UN":
-        vr = None
+    path, vr = _path_vr(tag)
     if level is Level.INSTANCE:
         return header_condition(dialect, "instances", instances.c.header, path, value, vr)
     alias = instances.alias(f"hi{n}")
@@ -228,11 +239,15 @@ def search(
     dialect = db.engine.dialect.name
     if request.sites is not None:
         conditions.append(_site_condition(level, request.sites))
+    probes: list[Any] = []
     for n, (tag, value) in enumerate(request.filters.items()):
         attr = by_tag(tag)
         if attr is None or (attr.column is not None and rank(attr.level) > rank(level)):
             if value.strip("*") != "":
                 conditions.append(_header_match(dialect, level, n, tag, value))
+                probe = _probe(dialect, tag, value)
+                if probe is not None:
+                    probes.append(probe)
             if "." not in tag:
                 header_tags.add(tag)
             continue
@@ -259,11 +274,14 @@ def search(
         _base(level)
         .add_columns(root.label("_id"), *columns)
         .where(*conditions)
-        .order_by(root)
         .limit(limit + 1)
         .offset(max(0, request.offset))
     )
     with db.read() as conn:
+        # A rare header value: collect its matches through the GIN index and sort them
+        # (`id + 0` hides the id order from the planner); see header_match.SELECTIVE_BELOW.
+        rare = any(selective(conn, probe, instances) for probe in probes)
+        query = query.order_by(root + 0 if rare else root)
         rows = conn.execute(query).mappings().all()
         more = len(rows) > limit
         rows = rows[:limit]

@@ -118,6 +118,13 @@ def test_every_route_refuses_a_user_of_another_site(world: World) -> None:
         leaked = [word for word in site_a if word in shown]
         if leaked:
             problems.append(f"{method} {path}: shows {leaked}")
+        if need is None:
+            # A route without a rule of its own (such as the archive-wide change feed)
+            # is for admins only: refused to carl, and the refusal audited.
+            denied = [r for r in after if r["action"] == "permission-denied"]
+            if response.status_code != 403 or len(after) != 1 or len(denied) != 1:
+                problems.append(f"{method} {path}: {response.status_code}, audit {after}")
+            continue
         if need in (PUBLIC, AUTHENTICATED) or (method == "GET" and "{study}" not in path):
             # Searches, whoami, login: answered, but with nothing of site A (checked above).
             if method == "GET" and response.status_code != 200:

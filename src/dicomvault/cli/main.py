@@ -7,9 +7,11 @@ import typer
 from dicomvault import __version__
 from dicomvault.cli.access_cmd import audit_app, sites_app, users_app
 from dicomvault.cli.admin import config_app, db_app
+from dicomvault.cli.changes import changes, export_metadata_cmd
 from dicomvault.cli.import_cmd import import_files
 from dicomvault.cli.integrity_cmd import keys_app, verify
 from dicomvault.cli.jobs import jobs_app, worker
+from dicomvault.cli.reconcile import reconcile_cmd
 from dicomvault.cli.serve import serve
 
 __all__ = ["app", "main"]
@@ -32,6 +34,9 @@ app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.command("verify")(verify)
+app.command("changes")(changes)
+app.command("export-metadata")(export_metadata_cmd)
+app.command("reconcile")(reconcile_cmd)
 
 
 @app.command("version")

@@ -13,13 +13,15 @@ only until its commit.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, text
 
+from dicomvault.index.db import Database
 from dicomvault.index.schema import events
 
-__all__ = ["append_event"]
+__all__ = ["append_event", "event_dict", "events_after", "last_seq"]
 
 # pg_advisory_xact_lock key of the event log: any constant, the same in every process.
 _EVENT_LOCK = 0x44564556  # "DVEV"
@@ -49,3 +51,32 @@ def append_event(
         )
     )
     return seq
+
+
+def event_dict(row: Any) -> dict[str, Any]:
+    """An event as subscribers and the change feed see it."""
+    m = row._mapping
+    created = m["created_at"]
+    return {
+        "seq": int(m["seq"]),
+        "kind": m["kind"],
+        "study_uid": m["study_uid"],
+        "series_uid": m["series_uid"],
+        "sop_uid": m["sop_uid"],
+        "payload": m["payload"] or {},
+        "created_at": created.isoformat() if isinstance(created, datetime) else created,
+    }
+
+
+def events_after(db: Database, seq: int, limit: int) -> list[dict[str, Any]]:
+    with db.read() as conn:
+        rows = conn.execute(
+            select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
+        ).all()
+    return [event_dict(row) for row in rows]
+
+
+def last_seq(db: Database) -> int:
+    """The newest event's sequence number (0: none yet)."""
+    with db.read() as conn:
+        return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())

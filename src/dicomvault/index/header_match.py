@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, cast, func, or_, text, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB, JSONPATH
 
-__all__ = ["header_condition"]
+__all__ = ["header_condition", "is_indexed", "selective"]
 
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -66,6 +66,33 @@ def header_condition(
     if dialect == "postgresql":
         return _postgresql(header, path, value, vr)
     return _sqlite(table, path, value, vr)
+
+
+def is_indexed(dialect: str, value: str, vr: str | None) -> bool:
+    """True when the condition for `value` is answered by the GIN index (containment)."""
+    if dialect != "postgresql" or vr == "PN" or _wildcard(value):
+        return False
+    return not (vr in _RANGE_VRS and "-" in value)
+
+
+# Below this many matching instances, a query is planned to collect all matches through
+# the GIN index and sort them; above it, to walk instances in id order until the page is
+# full. PostgreSQL cannot tell the two apart: it estimates every containment at 0.1% of
+# the rows, and with ORDER BY id LIMIT n picks the id walk, which for a rare value reads
+# every header (seconds on a million instances).
+SELECTIVE_BELOW = 1000
+
+
+def selective(conn: Any, condition: ColumnElement[bool], instances_table: Any) -> bool:
+    """Probe: does an indexed header condition match fewer than SELECTIVE_BELOW instances?
+
+    Counting stops at the bound, so the probe costs at most that many index hits.
+    """
+    from sqlalchemy import select
+
+    sample = select(instances_table.c.id).where(condition).limit(SELECTIVE_BELOW).subquery()
+    found = conn.execute(select(func.count()).select_from(sample)).scalar_one()
+    return int(found) < SELECTIVE_BELOW
 
 
 # -- PostgreSQL -----------------------------------------------------------------

@@ -39,9 +39,11 @@ __all__ = [
     "jobs",
     "metadata",
     "objects",
+    "orphan_objects",
     "patients",
     "series",
     "studies",
+    "study_readiness",
 ]
 
 metadata = MetaData(
@@ -222,6 +224,29 @@ event_cursors = Table(
     Column("locked_by", String(128)),
     Column("locked_until", DateTime(timezone=True)),
     Column("last_error", Text),
+)
+
+# Study stable and ready (pipeline/study_ready.py): the seq of the newest instance event
+# of each study, when it arrived, the seq `study.ready` / `study.updated` was last told
+# for, and when to check next (`due_at`, cleared once told: the index finds the few due).
+study_readiness = Table(
+    "study_readiness",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_change_at", DateTime(timezone=True), nullable=False),
+    Column("told_seq", BigInteger),
+    Column("ready_at", DateTime(timezone=True)),
+    Column("due_at", DateTime(timezone=True), index=True),
+)
+
+# The reconciler (pipeline/reconcile.py): objects found in the store without an index
+# row, and when first seen; they are adopted or removed once older than the grace period.
+orphan_objects = Table(
+    "orphan_objects",
+    metadata,
+    Column("key", String(1024), primary_key=True),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
 )
 
 

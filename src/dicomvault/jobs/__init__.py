@@ -18,6 +18,6 @@ shared by every worker (`worker.Worker`, `dicomvault worker`, `dicomvault serve`
 from __future__ import annotations
 
 from dicomvault.jobs.queue import Job, enqueue
-from dicomvault.jobs.registry import PermanentFailure, handler, on_event
+from dicomvault.jobs.registry import PermanentFailure, RunLater, handler, on_event, periodic
 
-__all__ = ["Job", "PermanentFailure", "enqueue", "handler", "on_event"]
+__all__ = ["Job", "PermanentFailure", "RunLater", "enqueue", "handler", "on_event", "periodic"]

@@ -24,8 +24,6 @@ __all__ = [
     "claim_cursor",
     "dead_letter",
     "ensure_cursors",
-    "event_dict",
-    "events_after",
     "record_failure",
     "release",
     "renew_cursor",
@@ -76,29 +74,6 @@ def renew_cursor(db: Database, name: str, worker: str, lease: float) -> bool:
             .values(locked_until=now() + timedelta(seconds=lease))
         ).rowcount
     return changed == 1
-
-
-def event_dict(row: Any) -> dict[str, Any]:
-    """An event as subscribers, the change feed and exports see it."""
-    m = row._mapping
-    created = m["created_at"]
-    return {
-        "seq": int(m["seq"]),
-        "kind": m["kind"],
-        "study_uid": m["study_uid"],
-        "series_uid": m["series_uid"],
-        "sop_uid": m["sop_uid"],
-        "payload": m["payload"] or {},
-        "created_at": created.isoformat() if isinstance(created, datetime) else created,
-    }
-
-
-def events_after(db: Database, seq: int, limit: int) -> list[dict[str, Any]]:
-    with db.read() as conn:
-        rows = conn.execute(
-            select(events).where(events.c.seq > seq).order_by(events.c.seq).limit(limit)
-        ).all()
-    return [event_dict(row) for row in rows]
 
 
 def advance(db: Database, name: str, worker: str, seq: int) -> bool:

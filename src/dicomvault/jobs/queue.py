@@ -41,6 +41,7 @@ __all__ = [
     "get_job",
     "list_jobs",
     "now",
+    "postpone",
     "purge",
     "renew",
     "retry",
@@ -186,8 +187,11 @@ def renew(db: Database, job_id: int, worker: str, lease: float) -> bool:
     return changed == 1
 
 
-def complete(db: Database, job_id: int, worker: str) -> bool:
+def complete(db: Database, job_id: int, worker: str, *, forget: bool = False) -> bool:
+    """Record a job as done (`forget`: delete it instead, for periodic ticks)."""
     with db.write() as conn:
+        if forget:
+            return conn.execute(jobs.delete().where(_fenced(job_id, worker))).rowcount == 1
         changed = conn.execute(
             update(jobs)
             .where(_fenced(job_id, worker))
@@ -233,6 +237,22 @@ def fail(
     with db.write() as conn:
         conn.execute(update(jobs).where(_fenced(job.id, worker)).values(values))
     return "dead" if dead else "pending"
+
+
+def postpone(db: Database, job: Job, worker: str, at: datetime) -> None:
+    """Put a running job back to pending until `at`; the attempt does not count."""
+    with db.write() as conn:
+        conn.execute(
+            update(jobs)
+            .where(_fenced(job.id, worker))
+            .values(
+                state="pending",
+                run_after=at,
+                attempts=jobs.c.attempts - 1,
+                locked_by=None,
+                locked_until=None,
+            )
+        )
 
 
 def get_job(db: Database, job_id: int) -> Job | None:

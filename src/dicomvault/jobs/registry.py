@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,17 @@ __all__ = [
     "BUILTIN_MODULES",
     "EVENT_JOB_PREFIX",
     "Handler",
+    "Periodic",
     "PermanentFailure",
     "Reaction",
+    "RunLater",
     "Subscriber",
     "handler",
     "handlers",
     "load_modules",
     "on_event",
+    "periodic",
+    "periodics",
     "subscribers",
 ]
 
@@ -35,11 +40,31 @@ Handler = Callable[["Archive", dict[str, Any]], None]
 Reaction = Callable[["Archive", dict[str, Any]], None]
 
 # Modules of this package that register handlers and subscribers.
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = (
+    "dicomvault.pipeline.study_ready",
+    "dicomvault.pipeline.inbox",
+    "dicomvault.pipeline.inbox_sqs",
+    "dicomvault.pipeline.reconcile",
+)
 
 # A subscriber's event that failed every attempt becomes a dead job of this kind + name,
 # so `dicomvault jobs retry` replays it like any other job.
 EVENT_JOB_PREFIX = "event:"
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    name: str
+    every: Callable[[Any], float | None]  # settings -> seconds between runs (None: off)
+    run: Handler
+
+
+class RunLater(Exception):
+    """Raised by a handler: not yet; run this job again at `at` (not counted as a failure)."""
+
+    def __init__(self, at: datetime) -> None:
+        super().__init__(f"postponed to {at.isoformat()}")
+        self.at = at
 
 
 class PermanentFailure(Exception):
@@ -58,6 +83,7 @@ class Subscriber:
 
 _handlers: dict[str, Handler] = {}
 _subscribers: dict[str, Subscriber] = {}
+_periodic: dict[str, Periodic] = {}
 
 
 def handler(kind: str) -> Callable[[Handler], Handler]:
@@ -98,6 +124,27 @@ def on_event(kind: str, *, name: str) -> Callable[[Reaction], Reaction]:
         return react
 
     return register
+
+
+def periodic(name: str, *, every: Callable[[Any], float | None]) -> Callable[[Handler], Handler]:
+    """Register `run(archive, payload)` to run about every `every(settings)` seconds.
+
+    It is a job of kind `name` like any other (retried, dead-lettered); the workers
+    keep one queued at a time, whatever their number, so it never runs twice at once,
+    and delete it once done (no row per tick piles up). `every` returning None turns
+    the task off for those settings.
+    """
+
+    def register(run: Handler) -> Handler:
+        handler(name)(run)
+        _periodic[name] = Periodic(name=name, every=every, run=run)
+        return run
+
+    return register
+
+
+def periodics() -> dict[str, Periodic]:
+    return dict(_periodic)
 
 
 def handlers() -> dict[str, Handler]:

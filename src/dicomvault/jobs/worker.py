@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable
@@ -20,13 +21,16 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from dicomvault.index.eventlog import events_after
 from dicomvault.jobs import cursors, queue
 from dicomvault.jobs.registry import (
     EVENT_JOB_PREFIX,
     PermanentFailure,
+    RunLater,
     Subscriber,
     handlers,
     load_modules,
+    periodics,
     subscribers,
 )
 
@@ -38,6 +42,7 @@ __all__ = ["Worker"]
 log = logging.getLogger(__name__)
 
 _EVENT_BATCH = 100
+PERIODIC_KEY = "periodic:"
 
 
 class _Heartbeat:
@@ -86,6 +91,8 @@ class Worker:
         self.poll = settings.job_poll_seconds
         self._handlers = handlers()
         self._subscribers = subscribers()
+        self._periodics = periodics()
+        self._next_schedule = 0.0
         self._kinds = [*self._handlers, *(EVENT_JOB_PREFIX + n for n in self._subscribers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -94,6 +101,11 @@ class Worker:
     # -- running ---------------------------------------------------------------
 
     def start(self) -> None:
+        from dicomvault.pipeline.inbox_watch import start_watcher
+
+        watcher = start_watcher(self.archive, self._stop)
+        if watcher is not None:
+            self._threads.append(watcher)
         for number in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, args=(number,), daemon=True, name=f"worker-{number}"
@@ -122,8 +134,27 @@ class Worker:
             if not busy:
                 self._stop.wait(self.poll)
 
+    def schedule_periodic(self) -> None:
+        """Keep one job of each periodic task queued (a no-op while one is)."""
+        at = time.monotonic()
+        if at < self._next_schedule:
+            return
+        self._next_schedule = at + 1.0
+        settings = self.archive.settings
+        with self.archive.db.write() as conn:
+            for task in self._periodics.values():
+                every = task.every(settings)
+                if every is None:
+                    continue
+                run_after = queue.now() + timedelta(seconds=every)
+                queue.enqueue(
+                    conn, task.name, {}, key=PERIODIC_KEY + task.name, run_after=run_after
+                )
+
     def run_once(self, offset: int = 0) -> bool:
         """Run one due job, or feed one subscriber a batch of events; False if idle."""
+        if self._periodics:
+            self.schedule_periodic()
         if self._kinds and self.run_one_job():
             return True
         names = list(self._subscribers)
@@ -154,6 +185,9 @@ class Worker:
         try:
             with _Heartbeat(lambda: queue.renew(db, job.id, self.name, self.lease), self.lease):
                 self._dispatch(job)
+        except RunLater as later:
+            queue.postpone(db, job, self.name, later.at)
+            return True
         except Exception as exc:  # noqa: BLE001 (any handler error is a failed attempt)
             permanent = isinstance(exc, PermanentFailure)
             state = queue.fail(
@@ -167,7 +201,8 @@ class Worker:
             )
             log.warning("job %s (%s) failed, now %s: %s", job.id, job.kind, state, exc)
             return True
-        if not queue.complete(db, job.id, self.name):
+        periodic = job.key is not None and job.key.startswith(PERIODIC_KEY)
+        if not queue.complete(db, job.id, self.name, forget=periodic):
             log.warning("job %s finished after its lease was lost", job.id)
         return True
 
@@ -192,7 +227,7 @@ class Worker:
                 lambda: cursors.renew_cursor(db, subscriber.name, self.name, self.lease),
                 self.lease,
             ):
-                for event in cursors.events_after(db, seq, _EVENT_BATCH):
+                for event in events_after(db, seq, _EVENT_BATCH):
                     if self._stop.is_set():
                         break
                     if subscriber.wants(event["kind"]):

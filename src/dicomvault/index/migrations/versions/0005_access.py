@@ -1,7 +1,7 @@
 """access control, audit and key rotation: sites, users, tokens, audit, audit_head, object_keys
 
 Revision ID: 0005
-Revises: 0003b
+Revises: 0003d
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003b"
+down_revision = "0003d"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""The archive's own HTTP API beside DICOMweb (the change feed, ...)."""

@@ -1,0 +1,1 @@
+"""The archive's own background work, run by the job workers (see `dicomvault.jobs`)."""
