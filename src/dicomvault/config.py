@@ -94,6 +94,17 @@ class Settings(BaseSettings):
         "each request arrived at.",
     )
 
+    dicom_port: int = Field(
+        default=11112, ge=0, le=65535, description="DIMSE (DICOM network) port; 0 turns it off."
+    )
+    ae_title: str = Field(
+        default="DICOMVAULT",
+        min_length=1,
+        max_length=16,
+        pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$",
+        description="The archive's DICOM Application Entity title (1-16 characters, no backslash).",
+    )
+
     @field_validator("database_url", "storage_url", "s3_endpoint_url", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
