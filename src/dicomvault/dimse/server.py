@@ -3,7 +3,7 @@
 `DimseServer` runs next to the HTTP server in the same process (pynetdicom's
 threaded server: one thread listening, one per association). It accepts every
 storage SOP class in the transfer syntaxes modalities actually send, so that
-instances are kept as they were encoded, and answers C-ECHO.
+instances are kept as they were encoded, answers C-ECHO, and C-FIND from the index.
 
 Every accepted socket gets TCP_NODELAY: DIMSE is request/response over small
 PDUs, and with Nagle's algorithm on, each C-STORE response waits for a delayed
@@ -38,6 +38,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
+from dicomvault.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindHandler
 from dicomvault.dimse.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, StoreHandler
 
 __all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseServer"]
@@ -83,6 +84,8 @@ class DimseServer:
         self.ae.add_supported_context(
             Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
+        for model in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
+            self.ae.add_supported_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
@@ -96,6 +99,7 @@ class DimseServer:
             (evt.EVT_CONN_OPEN, _no_delay),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_C_STORE, StoreHandler(self.archive)),
+            (evt.EVT_C_FIND, FindHandler(self.archive)),
         ]
         self._server = self.ae.start_server(
             (self.host, self.port), block=False, evt_handlers=handlers
