@@ -237,6 +237,17 @@ class Settings(BaseSettings):
         "file:///path, or syslog://host:port (RFC 5424 over UDP).",
     )
 
+    dicom_port: int = Field(
+        default=11112, ge=0, le=65535, description="DIMSE (DICOM network) port; 0 turns it off."
+    )
+    ae_title: str = Field(
+        default="DICOMVAULT",
+        min_length=1,
+        max_length=16,
+        pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$",
+        description="The archive's DICOM Application Entity title (1-16 characters, no backslash).",
+    )
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if self.encryption_key_file is not None and self.encryption_kms_key_id is not None:

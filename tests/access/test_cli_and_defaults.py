@@ -96,6 +96,7 @@ def _serve(data_dir: Path, host: str, **env: str) -> subprocess.Popen[bytes]:
             host,
             "--http-port",
             str(env.pop("port")),
+            "--no-dicom",  # the DIMSE side has its own tests; 11112 may be taken here
         ],
         env=clean | env,
         stdout=subprocess.PIPE,

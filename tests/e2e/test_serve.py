@@ -37,6 +37,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             str(port),
             "--log-level",
             "warning",
+            "--no-dicom",  # the DIMSE side has its own test; 11112 may be taken here
         ],
         env=env,
         stdout=subprocess.PIPE,

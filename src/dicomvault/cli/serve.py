@@ -42,9 +42,16 @@ def serve(
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="HTTP port (DICOMVAULT_HTTP_PORT).")
     ] = None,
+    dicom_port: Annotated[
+        int | None,
+        typer.Option("--dicom-port", help="DIMSE port (DICOMVAULT_DICOM_PORT); 0 turns it off."),
+    ] = None,
+    no_dicom: Annotated[
+        bool, typer.Option("--no-dicom", help="Serve DICOMweb only, no DIMSE port.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the archive: DICOMweb at http://HOST:PORT/dicom-web."""
+    """Run the archive: DICOMweb at http://HOST:PORT/dicom-web and a DICOM node (DIMSE)."""
     # Imported here: the web stack is most of the CLI's start-up time, and
     # `config show`, `db` and `import` do not need it.
     import uvicorn
@@ -52,7 +59,9 @@ def serve(
     from dicomvault.dicomweb.app import create_app
     from dicomvault.tls import uvicorn_config
 
-    settings = settings_from(config, data_dir=data_dir, host=host, http_port=http_port)
+    settings = settings_from(
+        config, data_dir=data_dir, host=host, http_port=http_port, dicom_port=dicom_port
+    )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -64,6 +73,15 @@ def serve(
     scheme = "https" if settings.tls_cert_file else "http"
     console.print(f"DICOMweb at {scheme}://{settings.host}:{settings.http_port}/dicom-web")
     workers = start_serve_workers(archive)
+    dimse = None
+    if settings.dicom_port and not no_dicom:
+        from dicomvault.dimse import DimseServer
+
+        if log_level != "debug":  # pynetdicom logs every DIMSE message at info level
+            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        dimse = DimseServer(archive, settings.host, settings.dicom_port)
+        dimse.start()
+        console.print(f"DIMSE AE {settings.ae_title} at {settings.host}:{settings.dicom_port}")
     try:
         uvicorn.Server(
             uvicorn_config(
@@ -78,4 +96,6 @@ def serve(
     finally:
         if workers is not None:
             workers.stop(timeout=30)
+        if dimse is not None:
+            dimse.stop()
         archive.close()

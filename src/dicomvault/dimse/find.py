@@ -1,0 +1,127 @@
+"""C-FIND SCP (Patient Root and Study Root): the identifier becomes a `QueryRequest`.
+
+The index answers through the same `query.search` as QIDO-RS, so matching
+(universal, single value, wildcard, range, UID list; PS3.4 C.2.2.2) is one
+implementation for both doors. Keys with a value are matching keys; every key
+of the identifier is a return key, and a response carries only those.
+Results are read a page at a time, so a C-CANCEL stops the query between pages
+and a huge match never sits whole in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+from sqlalchemy.exc import DBAPIError
+
+from dicomvault.archive import Archive
+from dicomvault.dimse.store import status
+from dicomvault.errors import InvalidQuery
+from dicomvault.model.levels import Level
+from dicomvault.query import QueryRequest, search
+
+__all__ = ["PATIENT_ROOT_FIND", "STUDY_ROOT_FIND", "FindHandler", "query_request"]
+
+log = logging.getLogger(__name__)
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+OUT_OF_RESOURCES = 0xA700
+_PAGE = 500
+_LEVEL_TAG = Tag(0x0008, 0x0052)
+_CHARSET_TAG = Tag(0x0008, 0x0005)
+_NOT_KEYS = {_LEVEL_TAG, _CHARSET_TAG}
+
+
+def _match_value(value: Any) -> str:
+    """An identifier value as the text `query.py` matches (multiple values: a UID list)."""
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def query_request(identifier: Dataset, model: str) -> QueryRequest:
+    """The `QueryRequest` an identifier describes; InvalidQuery when it describes none."""
+    raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip()
+    try:
+        level = Level(raw_level)
+    except ValueError:
+        raise InvalidQuery(
+            f"QueryRetrieveLevel {raw_level!r} is not PATIENT/STUDY/SERIES/IMAGE"
+        ) from None
+    if level is Level.PATIENT and model == STUDY_ROOT_FIND:
+        raise InvalidQuery("the Study Root model has no PATIENT level")
+    request = QueryRequest(level=level)
+    for element in identifier:
+        if element.tag in _NOT_KEYS or element.VR == "SQ" or element.tag.group == 0x0002:
+            continue
+        tag = f"{element.tag:08X}"
+        value = _match_value(element.value).strip()
+        if value:
+            request.filters[tag] = value
+        else:
+            request.include.add(tag)
+    return request
+
+
+def _response(match: dict[str, Any], identifier: Dataset, level: Level) -> Dataset:
+    """The response identifier: the requested keys, with the values the index holds."""
+    found = Dataset.from_json(match)
+    out = Dataset()
+    out.SpecificCharacterSet = "ISO_IR 192"
+    for element in identifier:
+        if element.tag in _NOT_KEYS or element.tag.group == 0x0002:
+            continue
+        held = found.get(element.tag)
+        out[element.tag] = held if held is not None else DataElement(element.tag, element.VR, None)
+    out.QueryRetrieveLevel = level.value
+    return out
+
+
+class FindHandler:
+    """The EVT_C_FIND handler of one archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def __call__(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        identifier: Dataset = event.identifier
+        try:
+            request = query_request(identifier, str(event.request.AffectedSOPClassUID))
+        except InvalidQuery as exc:
+            yield status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
+            return
+        request.limit = _PAGE
+        while True:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            try:
+                page = search(self.archive.db, request, max_results=_PAGE)
+            except InvalidQuery as exc:
+                yield status(UNABLE_TO_PROCESS, str(exc)), None
+                return
+            except DBAPIError as exc:
+                log.warning("C-FIND: index unavailable: %s", exc)
+                yield status(OUT_OF_RESOURCES, "index unavailable, retry"), None
+                return
+            for match in page.matches:
+                if event.is_cancelled:
+                    yield CANCEL, None
+                    return
+                yield PENDING, _response(match, identifier, request.level)
+            if not page.more:
+                return
+            request.offset += _PAGE

@@ -1,0 +1,104 @@
+"""C-STORE SCP: each received instance goes, as received, through the one ingest function.
+
+pynetdicom hands over the dataset exactly as the peer encoded it (compressed pixel
+data stays compressed, a deflated dataset stays deflated). The door adds the Part 10
+file meta that the presentation context implies and calls `Ingestor.ingest`; pixels
+are never decoded. Archive errors become C-STORE statuses (PS3.4 B.2.3, PS3.7 C):
+the peer learns whether to retry (0xA700) or not (0xA900, 0xC000).
+"""
+
+from __future__ import annotations
+
+import logging
+from tempfile import SpooledTemporaryFile
+from typing import IO, Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy.exc import DBAPIError
+
+from dicomvault.archive import Archive
+from dicomvault.errors import DuplicateConflict, InvalidInstance, StorageError
+from dicomvault.ingest import Outcome
+from dicomvault.model.origin import Door, Origin
+from dicomvault.model.status import FailureReason
+
+__all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION", "StoreHandler", "status"]
+
+log = logging.getLogger(__name__)
+
+IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.1.20240115.1")
+IMPLEMENTATION_VERSION = "DICOMVAULT_01"
+SUCCESS = 0x0000
+_COMMENT_LIMIT = 64  # Error Comment (0000,0902) is LO
+
+
+def status(code: int, comment: str | None = None) -> Dataset:
+    """A status dataset; the comment, clipped to what LO holds, says why to a human."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment.replace("\\", "/")[:_COMMENT_LIMIT]
+    return ds
+
+
+def part10(
+    sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes, spool: int
+) -> IO[bytes]:
+    """The Part 10 file of a received dataset: preamble, file meta, the bytes as received."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    fp: IO[bytes] = SpooledTemporaryFile(max_size=spool)  # noqa: SIM115 - handed to the caller
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)  # type: ignore[arg-type]
+    fp.write(dataset)
+    fp.seek(0)
+    return fp
+
+
+class StoreHandler:
+    """The EVT_C_STORE handler of one archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    def __call__(self, event: Any) -> Dataset:
+        request = event.request
+        requestor = event.assoc.requestor
+        origin = Origin(
+            door=Door.DIMSE,
+            calling_aet=str(requestor.ae_title).strip(),
+            address=str(requestor.address),
+        )
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        try:
+            with part10(
+                str(request.AffectedSOPClassUID),
+                sop_uid,
+                str(event.context.transfer_syntax),
+                request.DataSet.getvalue(),
+                self.archive.settings.spool_memory_bytes,
+            ) as fp:
+                result = self.archive.ingestor.ingest(fp, origin=origin)
+        except InvalidInstance as exc:
+            log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
+            return status(FailureReason.CANNOT_UNDERSTAND, str(exc))
+        except DuplicateConflict as exc:
+            log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
+            return status(FailureReason.DATASET_DOES_NOT_MATCH, "different data under a stored UID")
+        except (StorageError, DBAPIError) as exc:
+            log.warning("C-STORE of %s: archive unavailable: %s", sop_uid, exc)
+            return status(FailureReason.OUT_OF_RESOURCES, "archive storage unavailable, retry")
+        except Exception:
+            log.exception("C-STORE of %s failed", sop_uid)
+            return status(FailureReason.PROCESSING_FAILURE, "processing failure")
+        if result.outcome is Outcome.DUPLICATE:
+            # An identical instance again: stored already, so success, as the peer may
+            # safely delete its copy; the comment tells a human nothing new was written.
+            return status(SUCCESS, "identical instance already stored")
+        return status(SUCCESS)
