@@ -133,10 +133,21 @@ def new_boundary() -> str:
 
 
 def write_parts(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
-    """Encode (content type, body chunks) pairs as a multipart/related body."""
+    """Encode (content type, body chunks) pairs as a multipart/related body.
+
+    The framing (boundary, part headers, CRLF) goes out joined to the next body
+    chunk rather than as chunks of its own: a streaming response fetches every
+    chunk of a sync iterator on a worker thread and hands it to the event loop, and
+    those hand-offs (three per instance otherwise, one now) cost more than the copy
+    that joining the framing to a chunk makes.
+    """
     dash = f"--{boundary}".encode()
+    pending = b""
     for content_type, body in parts:
-        yield dash + b"\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n"
-        yield from body
-        yield b"\r\n"
-    yield dash + b"--\r\n"
+        pending += dash + b"\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n"
+        for chunk in body:
+            if pending:
+                chunk, pending = pending + chunk, b""
+            yield chunk
+        pending += b"\r\n"
+    yield pending + dash + b"--\r\n"
