@@ -247,6 +247,49 @@ class Settings(BaseSettings):
         pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$",
         description="The archive's DICOM Application Entity title (1-16 characters, no backslash).",
     )
+    # The DIMSE door (dimse/): who may associate, TLS, and the limits that keep one
+    # misbehaving peer from locking out the others.
+    dicom_known_aes_only: bool | None = Field(
+        default=None,
+        description="Accept DICOM associations only from AEs of the registry (dicomvault "
+        "aets add). Default: only known AEs unless the node listens on loopback only "
+        "(the DICOM side of the authentication rule).",
+    )
+    dicom_tls_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="DICOM TLS port (PS3.15 BCP 195 profile; needs tls_cert_file); only TLS "
+        "is spoken there. None: no TLS port. Set dicom_port to 0 for a TLS-only node.",
+    )
+    dicom_max_pdu_bytes: int = Field(
+        default=262144,
+        ge=4096,
+        le=16 * 1024**2,
+        description="Largest PDU the DICOM node accepts; a longer one ends the association "
+        "before its body is read.",
+    )
+    dicom_max_associations: int = Field(
+        default=64, ge=1, description="Established DICOM associations served at once."
+    )
+    dicom_max_connections_per_peer: int = Field(
+        default=16,
+        ge=1,
+        description="Open DICOM connections from one address; above it the oldest one that "
+        "has not completed association negotiation is dropped.",
+    )
+    dicom_acse_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a new connection has to complete negotiation."
+    )
+    dicom_dimse_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds to wait for a DIMSE message of an association."
+    )
+    dicom_network_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a DICOM connection may stay silent (also mid-PDU) before it is "
+        "closed.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -254,6 +297,8 @@ class Settings(BaseSettings):
             raise ValueError("encryption_key_file and encryption_kms_key_id: choose one")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.dicom_tls_port is not None and self.tls_cert_file is None:
+            raise ValueError("dicom_tls_port needs tls_cert_file and tls_key_file")
         for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
@@ -329,6 +374,14 @@ class Settings(BaseSettings):
     @property
     def binds_loopback_only(self) -> bool:
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def dicom_accepts_unknown_aes(self) -> bool:
+        """Whether a calling AE missing from the registry may associate (as the local
+        operator): as set, else only when the node listens on loopback only."""
+        if self.dicom_known_aes_only is not None:
+            return not self.dicom_known_aes_only
+        return self.binds_loopback_only
 
     @property
     def auth_required(self) -> bool:

@@ -1,4 +1,4 @@
-"""Finding stored instances and reading them back: for WADO-RS (and later C-MOVE/C-GET).
+"""Finding stored instances and reading them back: for WADO-RS, C-MOVE/C-GET and sending.
 
 Reads are checked against the SHA-256 recorded at ingest. Small objects are read
 whole and checked before a byte is returned; large ones stream and fail at the
@@ -8,7 +8,7 @@ end on a mismatch (the transfer aborts, no silent corruption).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import Text, cast, select
 
 from dicomvault.errors import NotAcceptable, NotFound
 from dicomvault.index.db import Database
-from dicomvault.index.schema import instances, objects, series, studies
+from dicomvault.index.schema import instances, objects, patients, series, studies
 from dicomvault.model.transfer_syntax import TRANSCODE_TARGETS, is_native
 from dicomvault.storage import ObjectStore, read_verified, verified
 
@@ -32,6 +32,7 @@ __all__ = [
     "instance_bytes",
     "instance_header",
     "load_dataset",
+    "match_instances",
     "transcode",
 ]
 
@@ -80,37 +81,72 @@ def _what(series_uid: str | None, sop_uid: str | None) -> str:
     return "instance" if sop_uid else "series" if series_uid else "study"
 
 
+_INSTANCE_COLUMNS = (
+    studies.c.study_uid,
+    series.c.series_uid,
+    instances.c.sop_uid,
+    instances.c.sop_class_uid,
+    instances.c.transfer_syntax,
+    objects.c.key,
+    objects.c.size,
+    objects.c.sha256,
+    instances.c.rows,
+    instances.c.columns,
+    instances.c.bits_allocated,
+    instances.c.number_of_frames,
+    instances.c.pixel_offset,
+    instances.c.pixel_length,
+    objects.c.block_sha256,
+)
+_ORDER = (series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
+
+
+def _instance_select() -> Any:
+    return select(*_INSTANCE_COLUMNS).select_from(
+        _joined().join(objects, objects.c.id == instances.c.object_fk)
+    )
+
+
 def find_instances(
     db: Database, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> list[StoredInstance]:
     """The stored instances of a study, series or instance, in series/instance order."""
-    query = _scope(
-        select(
-            studies.c.study_uid,
-            series.c.series_uid,
-            instances.c.sop_uid,
-            instances.c.sop_class_uid,
-            instances.c.transfer_syntax,
-            objects.c.key,
-            objects.c.size,
-            objects.c.sha256,
-            instances.c.rows,
-            instances.c.columns,
-            instances.c.bits_allocated,
-            instances.c.number_of_frames,
-            instances.c.pixel_offset,
-            instances.c.pixel_length,
-            objects.c.block_sha256,
-        ).select_from(_joined().join(objects, objects.c.id == instances.c.object_fk)),
-        study_uid,
-        series_uid,
-        sop_uid,
-    ).order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
+    query = _scope(_instance_select(), study_uid, series_uid, sop_uid).order_by(*_ORDER)
     with db.read() as conn:
         rows = conn.execute(query).all()
     if not rows:
         raise NotFound(f"no such {_what(series_uid, sop_uid)}")
     return [StoredInstance(*row) for row in rows]
+
+
+def match_instances(
+    db: Database,
+    *,
+    patient_ids: Sequence[str] = (),
+    study_uids: Sequence[str] = (),
+    series_uids: Sequence[str] = (),
+    sop_uids: Sequence[str] = (),
+    limit: int | None = None,
+) -> list[StoredInstance]:
+    """The stored instances matching every non-empty list of unique keys (C-MOVE, C-GET,
+    `dicomvault send`), in study/series/instance order; at most `limit`."""
+    query = _instance_select()
+    if patient_ids:
+        query = query.join(patients, patients.c.id == studies.c.patient_fk).where(
+            patients.c.patient_id.in_(list(patient_ids))
+        )
+    for column, values in (
+        (studies.c.study_uid, study_uids),
+        (series.c.series_uid, series_uids),
+        (instances.c.sop_uid, sop_uids),
+    ):
+        if values:
+            query = query.where(column.in_(list(values)))
+    query = query.order_by(studies.c.id, *_ORDER)
+    if limit is not None:
+        query = query.limit(limit)
+    with db.read() as conn:
+        return [StoredInstance(*row) for row in conn.execute(query).all()]
 
 
 def headers_json(

@@ -6,8 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -19,8 +18,14 @@ from rich.table import Table
 from dicomvault.access import accounts, audit
 from dicomvault.access.policy import Role
 from dicomvault.access.sinks import Auditor, open_sink
-from dicomvault.cli.common import ConfigOption, DataDirOption, console, err_console, settings_from
-from dicomvault.index import migrate
+from dicomvault.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    console,
+    err_console,
+    open_database,
+    settings_from,
+)
 from dicomvault.index.db import Database
 
 __all__ = ["audit_app", "sites_app", "users_app"]
@@ -34,18 +39,8 @@ audit_app = typer.Typer(help="Check and search the audit trail.", no_args_is_hel
 PASSWORD_ENV = "DICOMVAULT_NEW_PASSWORD"  # noqa: S105 -- the variable name, not a password
 
 
-@contextmanager
-def _database(config: Path | None, data_dir: Path | None) -> Iterator[Database]:
-    settings = settings_from(config, data_dir=data_dir)
-    db = Database(settings.effective_database_url)
-    try:
-        migrate.upgrade(db)
-        yield db
-    except accounts.AccountError as exc:
-        err_console.print(f"error: {exc}", markup=False)
-        raise typer.Exit(1) from exc
-    finally:
-        db.dispose()
+def _database(config: Path | None, data_dir: Path | None) -> AbstractContextManager[Database]:
+    return open_database(config, data_dir, errors=(accounts.AccountError,))
 
 
 @sites_app.command("add")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -12,9 +14,19 @@ from rich.console import Console
 
 from dicomvault.config import Settings, load_settings
 
+if TYPE_CHECKING:
+    from dicomvault.index.db import Database
+
 ENV_PREFIX = "DICOMVAULT_"
 
-__all__ = ["ConfigOption", "DataDirOption", "console", "err_console", "settings_from"]
+__all__ = [
+    "ConfigOption",
+    "DataDirOption",
+    "console",
+    "err_console",
+    "open_database",
+    "settings_from",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -60,3 +72,24 @@ def _describe(error: ErrorDetails) -> str:
     given = error.get("input")
     shown = f" = {given!r}" if isinstance(given, str | int | float) else ""
     return f"{location}{shown} ({ENV_PREFIX}{location.upper()}): {error['msg']}"
+
+
+@contextmanager
+def open_database(
+    config: Path | None, data_dir: Path | None, *, errors: tuple[type[Exception], ...] = ()
+) -> Iterator[Database]:
+    """The index of the configured archive, migrated to the current schema; an exception
+    of `errors` raised inside becomes `error: ...` and exit status 1."""
+    from dicomvault.index import migrate
+    from dicomvault.index.db import Database
+
+    settings = settings_from(config, data_dir=data_dir)
+    db = Database(settings.effective_database_url)
+    try:
+        migrate.upgrade(db)
+        yield db
+    except errors as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()

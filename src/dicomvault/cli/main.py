@@ -7,6 +7,7 @@ import typer
 from dicomvault import __version__
 from dicomvault.cli.access_cmd import audit_app, sites_app, users_app
 from dicomvault.cli.admin import config_app, db_app
+from dicomvault.cli.aets import aets_app, routes_app, send
 from dicomvault.cli.changes import changes, export_metadata_cmd
 from dicomvault.cli.import_cmd import import_files
 from dicomvault.cli.integrity_cmd import keys_app, verify
@@ -33,6 +34,9 @@ app.add_typer(sites_app, name="sites")
 app.add_typer(users_app, name="users")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(aets_app, name="aets")
+app.add_typer(routes_app, name="routes")
+app.command("send")(send)
 app.command("verify")(verify)
 app.command("changes")(changes)
 app.command("export-metadata")(export_metadata_cmd)

@@ -1,4 +1,4 @@
-"""`dicomvault serve`: the HTTP server (DICOMweb) on the archive."""
+"""`dicomvault serve`: the HTTP server (DICOMweb) and the DICOM node on the archive."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from dicomvault.jobs.worker import start_serve_workers
 __all__ = ["serve"]
 
 
-def refuse_if_insecure(settings: Settings, archive: Archive) -> None:
+def refuse_if_insecure(settings: Settings, archive: Archive, *, dicom: bool = False) -> None:
     """Secure defaults: exit 2 with the reason instead of serving patient data openly."""
     from dicomvault.access.startup import InsecureConfiguration, check_secure_defaults
 
     try:
-        check_secure_defaults(settings, archive.db)
+        check_secure_defaults(settings, archive.db, dicom=dicom)
     except InsecureConfiguration as exc:
         archive.close()
         err_console.print(f"dicomvault: {exc}", markup=False, soft_wrap=True)
@@ -66,7 +66,8 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     archive = Archive.open(settings)
-    refuse_if_insecure(settings, archive)
+    dicom = bool(settings.dicom_port or settings.dicom_tls_port) and not no_dicom
+    refuse_if_insecure(settings, archive, dicom=dicom)
     console.print(
         f"dicomvault: index {settings.masked()['database_url']}, objects {archive.store.url}"
     )
@@ -74,14 +75,19 @@ def serve(
     console.print(f"DICOMweb at {scheme}://{settings.host}:{settings.http_port}/dicom-web")
     workers = start_serve_workers(archive)
     dimse = None
-    if settings.dicom_port and not no_dicom:
+    if dicom:
         from dicomvault.dimse import DimseServer
 
         if log_level != "debug":  # pynetdicom logs every DIMSE message at info level
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        dimse = DimseServer(archive, settings.host, settings.dicom_port)
+        dimse = DimseServer(
+            archive, settings.host, settings.dicom_port or None, tls_port=settings.dicom_tls_port
+        )
         dimse.start()
-        console.print(f"DIMSE AE {settings.ae_title} at {settings.host}:{settings.dicom_port}")
+        if dimse.port is not None:
+            console.print(f"DIMSE AE {settings.ae_title} at {settings.host}:{dimse.port}")
+        if dimse.tls_port is not None:
+            console.print(f"DICOM TLS AE {settings.ae_title} at {settings.host}:{dimse.tls_port}")
     try:
         uvicorn.Server(
             uvicorn_config(

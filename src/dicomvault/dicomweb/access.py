@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException, Request
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,11 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomvault.access.accounts import site_directory
 from dicomvault.access.audit import AuditAction, AuditEvent, Outcome
 from dicomvault.access.authn import AuthenticationFailed
+from dicomvault.access.ownership import study_owner
 from dicomvault.access.policy import Action, Principal, decide, readable_sites
 from dicomvault.access.sinks import Auditor
 from dicomvault.archive import Archive
 from dicomvault.index.db import Database
-from dicomvault.index.schema import patients, studies
 from dicomvault.model.uids import is_valid_uid
 
 __all__ = [
@@ -85,22 +84,6 @@ class AccessContext:
     study_uid: str | None = None
     patient_id: str | None = None
     stored_studies: set[str] = field(default_factory=set)  # filled in by STOW-RS
-
-
-@dataclass(frozen=True)
-class _Study:
-    site: str | None
-    patient_id: str
-
-
-def _study(db: Database, study_uid: str) -> _Study | None:
-    with db.read() as conn:
-        row = conn.execute(
-            select(studies.c.site, patients.c.patient_id)
-            .join(patients, patients.c.id == studies.c.patient_fk)
-            .where(studies.c.study_uid == study_uid)
-        ).first()
-    return _Study(row.site, row.patient_id) if row is not None else None
 
 
 def route_path(scope: Scope) -> str:
@@ -160,7 +143,7 @@ def _authorize(
     # A malformed UID names no study: the route answers 400 for it; the audit keeps
     # only valid UIDs in its study column (the raw path is in the record's detail).
     study_uid = raw_study if is_valid_uid(raw_study) else None
-    found = _study(db, study_uid) if study_uid else None
+    found = study_owner(db, study_uid) if study_uid else None
     if found is not None:
         context.study_uid, context.patient_id = study_uid, found.patient_id
         decision = decide(principal, action, directory=directory, site=found.site)
@@ -312,7 +295,7 @@ class AuditMiddleware:
             detail["studies"] = sorted(context.stored_studies)
             if context.study_uid is None and len(context.stored_studies) == 1:
                 context.study_uid = next(iter(context.stored_studies))
-                found = await run_in_threadpool(_study, archive.db, context.study_uid)
+                found = await run_in_threadpool(study_owner, archive.db, context.study_uid)
                 context.patient_id = found.patient_id if found else None
         outcome = Outcome.SUCCESS if status < 400 else Outcome.FAILURE
         event = _event(

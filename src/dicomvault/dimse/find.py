@@ -20,13 +20,25 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 from sqlalchemy.exc import DBAPIError
 
+from dicomvault.access.accounts import site_directory
+from dicomvault.access.audit import AuditAction, Outcome
+from dicomvault.access.policy import Action
 from dicomvault.archive import Archive
-from dicomvault.dimse.store import status
+from dicomvault.dimse.auditing import DimseAudit
+from dicomvault.dimse.connections import peer_of
+from dicomvault.dimse.policy import authorize, readable
+from dicomvault.dimse.store import NOT_AUTHORIZED, status
 from dicomvault.errors import InvalidQuery
 from dicomvault.model.levels import Level
 from dicomvault.query import QueryRequest, search
 
-__all__ = ["PATIENT_ROOT_FIND", "STUDY_ROOT_FIND", "FindHandler", "query_request"]
+__all__ = [
+    "PATIENT_ROOT_FIND",
+    "STUDY_ROOT_FIND",
+    "FindHandler",
+    "identifier_level",
+    "query_request",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +53,7 @@ _PAGE = 500
 _LEVEL_TAG = Tag(0x0008, 0x0052)
 _CHARSET_TAG = Tag(0x0008, 0x0005)
 _NOT_KEYS = {_LEVEL_TAG, _CHARSET_TAG}
+_STUDY_UID_TAG = "0020000D"
 
 
 def _match_value(value: Any) -> str:
@@ -52,8 +65,9 @@ def _match_value(value: Any) -> str:
     return str(value)
 
 
-def query_request(identifier: Dataset, model: str) -> QueryRequest:
-    """The `QueryRequest` an identifier describes; InvalidQuery when it describes none."""
+def identifier_level(identifier: Dataset, *, patient_root: bool) -> Level:
+    """The QueryRetrieveLevel of a C-FIND / C-MOVE / C-GET identifier; InvalidQuery when
+    it is missing, unknown, or PATIENT in the Study Root model."""
     raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip()
     try:
         level = Level(raw_level)
@@ -61,8 +75,14 @@ def query_request(identifier: Dataset, model: str) -> QueryRequest:
         raise InvalidQuery(
             f"QueryRetrieveLevel {raw_level!r} is not PATIENT/STUDY/SERIES/IMAGE"
         ) from None
-    if level is Level.PATIENT and model == STUDY_ROOT_FIND:
+    if level is Level.PATIENT and not patient_root:
         raise InvalidQuery("the Study Root model has no PATIENT level")
+    return level
+
+
+def query_request(identifier: Dataset, model: str) -> QueryRequest:
+    """The `QueryRequest` an identifier describes; InvalidQuery when it describes none."""
+    level = identifier_level(identifier, patient_root=model != STUDY_ROOT_FIND)
     request = QueryRequest(level=level)
     for element in identifier:
         if element.tag in _NOT_KEYS or element.VR == "SQ" or element.tag.group == 0x0002:
@@ -93,16 +113,41 @@ def _response(match: dict[str, Any], identifier: Dataset, level: Level) -> Datas
 class FindHandler:
     """The EVT_C_FIND handler of one archive."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, audit: DimseAudit) -> None:
         self.archive = archive
+        self.audit = audit
 
     def __call__(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        peer = peer_of(event.assoc)
+        decision = authorize(peer, Action.QUERY)
+        if not decision:
+            self.audit.denied(peer.calling_aet, peer.address, Action.QUERY, decision.reason)
+            yield status(NOT_AUTHORIZED, decision.reason), None
+            return
         identifier: Dataset = event.identifier
         try:
             request = query_request(identifier, str(event.request.AffectedSOPClassUID))
+            with self.archive.db.read() as conn:
+                request.sites = readable(peer, site_directory(conn))
         except InvalidQuery as exc:
             yield status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
             return
+        except DBAPIError as exc:
+            log.warning("C-FIND: index unavailable: %s", exc)
+            yield status(OUT_OF_RESOURCES, "index unavailable, retry"), None
+            return
+        self.audit.done(
+            peer,
+            AuditAction.QUERY,
+            Outcome.SUCCESS,
+            study_uid=request.filters.get(_STUDY_UID_TAG),
+            detail={"level": request.level.value, "keys": dict(request.filters)},
+        )
+        yield from self._answer(event, identifier, request)
+
+    def _answer(
+        self, event: Any, identifier: Dataset, request: QueryRequest
+    ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         request.limit = _PAGE
         while True:
             if event.is_cancelled:

@@ -1,19 +1,16 @@
 """The DICOM node: one pynetdicom Application Entity serving the archive.
 
 `DimseServer` runs next to the HTTP server in the same process (pynetdicom's
-threaded server: one thread listening, one per association). It accepts every
-storage SOP class in the transfer syntaxes modalities actually send, so that
-instances are kept as they were encoded, answers C-ECHO, and C-FIND from the index.
-
-Every accepted socket gets TCP_NODELAY: DIMSE is request/response over small
-PDUs, and with Nagle's algorithm on, each C-STORE response waits for a delayed
-ACK (stock pynetdicom stores about 19 instances/s that way, over 100 without).
+threaded server: one thread listening, one per association), on the cleartext
+port and, when configured, a DICOM TLS port. It accepts every storage SOP class in
+the transfer syntaxes modalities actually send, so that instances are kept as they
+were encoded; answers C-ECHO, C-FIND, C-MOVE, C-GET and storage commitment from the
+index. `connections.Guard` holds the connection and association policy.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 from pydicom.uid import (
@@ -35,11 +32,16 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
-from dicomvault.dimse.find import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindHandler
+from dicomvault.dimse import sop
+from dicomvault.dimse.auditing import DimseAudit
+from dicomvault.dimse.commitment import CommitmentHandler
+from dicomvault.dimse.connections import Guard
+from dicomvault.dimse.find import FindHandler
+from dicomvault.dimse.retrieve import GetHandler, MoveHandler
 from dicomvault.dimse.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, StoreHandler
+from dicomvault.dimse.tls import server_context
 
 __all__ = ["STORAGE_TRANSFER_SYNTAXES", "DimseServer"]
 
@@ -64,53 +66,82 @@ STORAGE_TRANSFER_SYNTAXES = [
     HTJ2KLosslessRPCL,
     HTJ2K,
 ]
-
-
-def _no_delay(event: Any) -> None:
-    """EVT_CONN_OPEN: turn Nagle's algorithm off on the association's socket."""
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+_PLAIN = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+# pynetdicom's own association limit counts connections still negotiating; the Guard
+# enforces `dicom_max_associations` on established ones instead.
+_UNLIMITED = 10_000
 
 
 class DimseServer:
-    """The archive's DICOM Application Entity, listening on `host:port` in background threads."""
+    """The archive's DICOM Application Entity, listening on `host:port` (and on
+    `host:tls_port` over DICOM TLS) in background threads."""
 
-    def __init__(self, archive: Archive, host: str, port: int) -> None:
+    def __init__(
+        self, archive: Archive, host: str, port: int | None, *, tls_port: int | None = None
+    ) -> None:
         self.archive = archive
-        self.ae = AE(ae_title=archive.settings.ae_title)
+        settings = archive.settings
+        self.ae = AE(ae_title=settings.ae_title)
         self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION
-        self.ae.add_supported_context(
-            Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        )
-        for model in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
-            self.ae.add_supported_context(model, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.maximum_pdu_size = settings.dicom_max_pdu_bytes
+        self.ae.maximum_associations = _UNLIMITED
+        self.ae.acse_timeout = settings.dicom_acse_timeout
+        self.ae.dimse_timeout = settings.dicom_dimse_timeout
+        self.ae.network_timeout = settings.dicom_network_timeout
+        for abstract in (sop.VERIFICATION, sop.STORAGE_COMMITMENT, *sop.QUERY_RETRIEVE):
+            self.ae.add_supported_context(abstract, _PLAIN)
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
-                self.ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+                # scp_role: a C-GET requestor receives its instances as Storage SCP.
+                self.ae.add_supported_context(
+                    context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+                )
         self.host = host
         self.port = port
-        self._server: Any = None
+        self.tls_port = tls_port
+        self.audit = DimseAudit(archive.auditor)
+        self.guard = Guard(archive, self.audit)
+        self._servers: list[Any] = []
 
-    def start(self) -> int:
-        """Listen and serve in background threads; the port actually bound (useful with 0)."""
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, _no_delay),
+    def _handlers(self) -> list[Any]:
+        return [
+            *self.guard.handlers(),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
-            (evt.EVT_C_STORE, StoreHandler(self.archive)),
-            (evt.EVT_C_FIND, FindHandler(self.archive)),
+            (evt.EVT_C_STORE, StoreHandler(self.archive, self.audit)),
+            (evt.EVT_C_FIND, FindHandler(self.archive, self.audit)),
+            (evt.EVT_C_MOVE, MoveHandler(self.archive, self.audit)),
+            (evt.EVT_C_GET, GetHandler(self.archive, self.audit)),
+            (evt.EVT_N_ACTION, CommitmentHandler(self.archive, self.audit)),
         ]
-        self._server = self.ae.start_server(
-            (self.host, self.port), block=False, evt_handlers=handlers
-        )
-        self.port = int(self._server.server_address[1])
-        log.info("DIMSE: %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
+
+    def start(self) -> int | None:
+        """Listen and serve in background threads; the cleartext port actually bound
+        (useful with 0), None without one. `tls_port` is set likewise."""
+        if self.port is not None:
+            server = self.ae.start_server(
+                (self.host, self.port), block=False, evt_handlers=self._handlers()
+            )
+            assert server is not None  # block=False returns the server
+            self._servers.append(server)
+            self.port = int(server.server_address[1])
+            log.info("DIMSE: %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
+        if self.tls_port is not None:
+            server = self.ae.start_server(
+                (self.host, self.tls_port),
+                block=False,
+                evt_handlers=self._handlers(),
+                ssl_context=server_context(self.archive.settings),
+            )
+            assert server is not None
+            self._servers.append(server)
+            self.tls_port = int(server.server_address[1])
+            log.info("DIMSE: %s DICOM TLS on %s:%d", self.ae.ae_title, self.host, self.tls_port)
         return self.port
 
     def stop(self) -> None:
         """Stop listening and end every association."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
         self.ae.shutdown()

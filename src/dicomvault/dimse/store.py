@@ -18,8 +18,12 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from sqlalchemy.exc import DBAPIError
 
+from dicomvault.access.policy import Action
 from dicomvault.archive import Archive
-from dicomvault.errors import DuplicateConflict, InvalidInstance, StorageError
+from dicomvault.dimse.auditing import DimseAudit
+from dicomvault.dimse.connections import peer_of
+from dicomvault.dimse.policy import authorize
+from dicomvault.errors import DuplicateConflict, InvalidInstance, StorageError, StudyMismatch
 from dicomvault.ingest import Outcome
 from dicomvault.model.origin import Door, Origin
 from dicomvault.model.status import FailureReason
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.1.20240115.1")
 IMPLEMENTATION_VERSION = "DICOMVAULT_01"
 SUCCESS = 0x0000
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: Refused: Not Authorized
 _COMMENT_LIMIT = 64  # Error Comment (0000,0902) is LO
 
 
@@ -64,18 +69,31 @@ def part10(
 class StoreHandler:
     """The EVT_C_STORE handler of one archive."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, audit: DimseAudit) -> None:
         self.archive = archive
+        self.audit = audit
 
     def __call__(self, event: Any) -> Dataset:
+        peer = peer_of(event.assoc)
         request = event.request
-        requestor = event.assoc.requestor
-        origin = Origin(
-            door=Door.DIMSE,
-            calling_aet=str(requestor.ae_title).strip(),
-            address=str(requestor.address),
-        )
         sop_uid = str(request.AffectedSOPInstanceUID)
+        decision = authorize(peer, Action.STORE)
+        if not decision:
+            self.audit.denied(
+                peer.calling_aet, peer.address, Action.STORE, decision.reason,
+                detail={"sop_uid": sop_uid},
+            )  # fmt: skip
+            return status(NOT_AUTHORIZED, decision.reason)
+        origin = Origin(
+            door=Door.DIMSE, site=peer.site, calling_aet=peer.calling_aet, address=peer.address
+        )
+        answer, study_uid = self._store(event, sop_uid, origin)
+        self.audit.stored(event.assoc, peer, study_uid, answer.Status == SUCCESS)
+        return answer
+
+    def _store(self, event: Any, sop_uid: str, origin: Origin) -> tuple[Dataset, str | None]:
+        """The C-STORE status, and the study stored into (None when nothing was)."""
+        request = event.request
         try:
             with part10(
                 str(request.AffectedSOPClassUID),
@@ -85,20 +103,27 @@ class StoreHandler:
                 self.archive.settings.spool_memory_bytes,
             ) as fp:
                 result = self.archive.ingestor.ingest(fp, origin=origin)
+        except StudyMismatch as exc:
+            log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
+            return status(NOT_AUTHORIZED, str(exc)), None
         except InvalidInstance as exc:
             log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
-            return status(FailureReason.CANNOT_UNDERSTAND, str(exc))
+            return status(FailureReason.CANNOT_UNDERSTAND, str(exc)), None
         except DuplicateConflict as exc:
             log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
-            return status(FailureReason.DATASET_DOES_NOT_MATCH, "different data under a stored UID")
+            return status(
+                FailureReason.DATASET_DOES_NOT_MATCH, "different data under a stored UID"
+            ), None
         except (StorageError, DBAPIError) as exc:
             log.warning("C-STORE of %s: archive unavailable: %s", sop_uid, exc)
-            return status(FailureReason.OUT_OF_RESOURCES, "archive storage unavailable, retry")
+            return status(
+                FailureReason.OUT_OF_RESOURCES, "archive storage unavailable, retry"
+            ), None
         except Exception:
             log.exception("C-STORE of %s failed", sop_uid)
-            return status(FailureReason.PROCESSING_FAILURE, "processing failure")
+            return status(FailureReason.PROCESSING_FAILURE, "processing failure"), None
         if result.outcome is Outcome.DUPLICATE:
             # An identical instance again: stored already, so success, as the peer may
             # safely delete its copy; the comment tells a human nothing new was written.
-            return status(SUCCESS, "identical instance already stored")
-        return status(SUCCESS)
+            return status(SUCCESS, "identical instance already stored"), result.study_uid
+        return status(SUCCESS), result.study_uid

@@ -266,3 +266,4 @@ def include_for(dialect: str) -> Callable[..., bool]:
 # Access control and audit tables live with their component, on this same metadata;
 # imported last because they use `metadata` and `Id` from above.
 from dicomvault.access import tables as _access_tables  # noqa: E402, F401
+from dicomvault.dimse import tables as _dimse_tables  # noqa: E402, F401

@@ -45,6 +45,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "dicomvault.pipeline.inbox",
     "dicomvault.pipeline.inbox_sqs",
     "dicomvault.pipeline.reconcile",
+    "dicomvault.dimse.routing",
+    "dicomvault.dimse.commitment",
 )
 
 # A subscriber's event that failed every attempt becomes a dead job of this kind + name,
