@@ -20,6 +20,7 @@ from dicomvault.config import Settings
 from dicomvault.index.db import Database
 from dicomvault.index.schema import metadata
 from tests.support.live import running_server
+from tests.support.pki import make_pki
 from tests.support.postgres import TempPostgres, find_bin
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
@@ -119,3 +120,9 @@ def server(archive: Archive) -> Iterator[str]:
     """Base URL of a live uvicorn server on the archive (DICOMweb at /dicom-web)."""
     with running_server(archive) as url:
         yield url
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    """ca.pem, server.pem/.key and client.pem/.key (for 127.0.0.1) under one directory."""
+    return make_pki(tmp_path / "pki")

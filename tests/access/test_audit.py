@@ -16,7 +16,7 @@ from dicomvault.access.tables import audit
 from dicomvault.config import Settings
 from dicomvault.synthetic import study_instances, uid
 from tests.access.conftest import PASSWORD, World, basic, served_world, study_uid
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 from tests.support.dicom_files import STOW_TYPE, multipart
 
 JSON = {"Accept": "application/dicom+json"}

@@ -13,7 +13,7 @@ import httpx
 from dicomvault.access import accounts
 from dicomvault.config import Settings
 from dicomvault.index.db import Database
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 from tests.support.live import free_port, wait_for_health
 
 

@@ -7,10 +7,7 @@ so the import runs on SQLite + a local directory and on PostgreSQL + S3.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -23,41 +20,8 @@ from dicomvault.config import Settings
 from dicomvault.model.levels import Level
 from dicomvault.query import QueryRequest, search
 from dicomvault.synthetic import dataset, to_bytes, uid
+from tests.support.cli import command_env, dicomvault
 from tests.support.dicom_files import good
-
-
-def command_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `dicomvault` process on the archive `settings` describes."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-    env["DICOMVAULT_DATA_DIR"] = str(settings.data_dir)
-    env["COLUMNS"] = "250"  # one line per problem, however long its path
-    optional = {
-        "DICOMVAULT_DATABASE_URL": settings.database_url,
-        "DICOMVAULT_STORAGE_URL": settings.storage_url,
-        "DICOMVAULT_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "DICOMVAULT_S3_ACCESS_KEY_ID": settings.s3_access_key_id,
-        "DICOMVAULT_S3_SECRET_ACCESS_KEY": (
-            settings.s3_secret_access_key.get_secret_value()
-            if settings.s3_secret_access_key
-            else None
-        ),
-        "DICOMVAULT_ENCRYPTION_KEY_FILE": (
-            str(settings.encryption_key_file) if settings.encryption_key_file else None
-        ),
-    }
-    env.update({k: v for k, v in optional.items() if v})
-    env.update(extra)
-    return env
-
-
-def dicomvault(
-    *args: str, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("dicomvault")
-    assert exe, "the dicomvault console script is not installed (pip install -e .)"
-    return subprocess.run(
-        [exe, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def _summary(output: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer
 from dicomvault.dimse.find import STUDY_ROOT_FIND
 from dicomvault.synthetic import dataset, to_bytes, uid
-from tests.dimse.test_store import dcmtk
+from tests.support.dcmtk import dcmtk
 
 # (patient id, name, study, date, series modality, instances)
 _CONTENT = [

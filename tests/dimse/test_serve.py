@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.dimse.test_store import dcmtk
+from tests.support.dcmtk import dcmtk
 from tests.support.live import free_port
 
 

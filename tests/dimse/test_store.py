@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from io import BytesIO
 from pathlib import Path
 
@@ -23,25 +21,13 @@ from pynetdicom import AE
 from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer
 from dicomvault.synthetic import dataset, to_bytes, uid
+from tests.support.dcmtk import dcmtk
 from tests.support.dicom_files import parse_multipart
 from tests.support.live import running_server
 
-TOOLS = {**os.environ, "TCP_NODELAY": "1"}
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def dcmtk(tool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    # dcmtk's own binaries, not pynetdicom's console scripts of the same names.
-    return subprocess.run(
-        [f"/usr/bin/{tool}", *map(str, args)],
-        env=TOOLS,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def _dataset_bytes(part10: bytes) -> bytes:

@@ -24,7 +24,7 @@ from dicomvault.config import Settings
 from dicomvault.index import migrate
 from dicomvault.index.db import Database, normalize_url
 from dicomvault.index.schema import include_for, metadata
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 
 
 def _same_default(

@@ -18,7 +18,7 @@ from dicomvault import jobs
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.jobs import queue
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 
 ROOT = Path(__file__).resolve().parents[2]
 

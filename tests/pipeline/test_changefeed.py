@@ -18,7 +18,7 @@ from dicomvault.archive import Archive
 from dicomvault.changes import read_changes
 from dicomvault.config import Settings
 from dicomvault.synthetic import dataset, instance_bytes, to_bytes, uid
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 from tests.support.live import running_server
 
 

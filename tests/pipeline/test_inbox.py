@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from dicomvault.jobs.worker import Worker
 from dicomvault.pipeline.inbox_sqs import keys_in
 from dicomvault.storage import MemoryStore
 from dicomvault.synthetic import instance_bytes, uid
+from tests.support.jobs import work_until
 from tests.support.live import running_server
 from tests.support.s3 import S3_KEY, S3_SECRET
 
@@ -100,14 +101,6 @@ def inbox_archive(inbox_settings: Settings) -> Iterator[Archive]:
         opened.close()
 
 
-def _until(worker: Worker, done: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        if not worker.run_once():
-            time.sleep(0.05)
-
-
 def _instance(name: str) -> tuple[str, bytes]:
     sop = uid(f"inbox/{name}/i")
     return sop, instance_bytes(
@@ -131,17 +124,17 @@ def test_a_file_dropped_into_the_inbox_appears_in_qido_rs(
     with running_server(inbox_archive) as server:
         assert _qido(server, sop) == []
         outside.write("inbox/scanner 1/a.dcm", data)
-        _until(Worker(inbox_archive), lambda: bool(_qido(server, sop)))
+        work_until(Worker(inbox_archive), lambda: bool(_qido(server, sop)))
         (match,) = _qido(server, sop)
     assert match["00080018"]["Value"] == [sop]
     # Taken off the inbox once stored; recorded as having come through it.
-    _until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
+    work_until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
     with inbox_archive.db.read() as conn:
         door = conn.execute(select(instances.c.origin_door).where(instances.c.sop_uid == sop))
         assert door.scalar_one() == "inbox"
     # The same file again (say, a retried upload): a duplicate, removed, nothing new.
     outside.write("inbox/again.dcm", data)
-    _until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
+    work_until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
     assert outside.keys("quarantine/") == {}
 
 
@@ -152,7 +145,7 @@ def test_invalid_files_go_to_quarantine_with_their_reason(
     _, good = _instance("b")
     outside.write("inbox/notes.txt", b"this is not DICOM at all")
     outside.write("inbox/cut.dcm", good[: len(good) - 40])  # truncated in its pixel data
-    _until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
+    work_until(Worker(inbox_archive), lambda: outside.keys("inbox/") == {})
 
     quarantined = outside.keys("quarantine/")
     files = {Path(k).name: v for k, v in quarantined.items() if not k.endswith(".reason.txt")}
@@ -203,7 +196,7 @@ def test_s3_notifications_through_sqs_discover_inbox_files(
         sop, data = _instance("sqs")
         Outside(settings).write("inbox/from-sqs.dcm", data)
         with running_server(archive) as server:
-            _until(Worker(archive), lambda: bool(_qido(server, sop)))
+            work_until(Worker(archive), lambda: bool(_qido(server, sop)))
         assert Outside(settings).keys("inbox/") == {}
     finally:
         archive.close()

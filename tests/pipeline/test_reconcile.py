@@ -14,7 +14,7 @@ from dicomvault.model.levels import Level
 from dicomvault.query import QueryRequest, search
 from dicomvault.storage import new_key
 from dicomvault.synthetic import instance_bytes, uid
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 
 
 def _instance(name: str) -> tuple[str, bytes]:

@@ -25,7 +25,7 @@ from dicomvault.storage.crypto import EncryptedStore
 from dicomvault.storage.keys import new_key_file
 from dicomvault.storage.s3 import S3Store
 from dicomvault.synthetic import study_instances, uid
-from tests.cli.test_import import command_env, dicomvault
+from tests.support.cli import command_env, dicomvault
 from tests.support.dicom_files import STOW_TYPE, multipart
 from tests.support.live import running_server
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket

@@ -174,8 +174,8 @@ class Guard:
             calling, address, known, accept_unknown=self.archive.settings.dicom_accepts_unknown_aes
         )
         if not isinstance(peer, Peer):
+            self.audit.denied(calling, address, None, peer.reason)  # before the peer hears
             self._reject(assoc, _REJECT_CALLING_AE, peer.reason)
-            self.audit.denied(calling, address, None, peer.reason)
             return
         established = sum(
             1 for a in assoc.ae.active_associations if a.is_acceptor and a.is_established

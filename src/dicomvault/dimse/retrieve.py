@@ -230,7 +230,7 @@ class MoveHandler(_Retrieve):
 
     def __call__(self, event: Any) -> Iterator[Any]:
         peer = peer_of(event.assoc)
-        destination_title = str(event.move_destination, "ascii", "replace").strip()
+        destination_title = str(event.move_destination).strip()
         try:
             destination = registry.find(self.archive.db, destination_title)
         except DBAPIError:

@@ -88,7 +88,13 @@ class StoreHandler:
             door=Door.DIMSE, site=peer.site, calling_aet=peer.calling_aet, address=peer.address
         )
         answer, study_uid = self._store(event, sop_uid, origin)
-        self.audit.stored(event.assoc, peer, study_uid, answer.Status == SUCCESS)
+        if answer.Status == NOT_AUTHORIZED:  # into a study of another site
+            self.audit.denied(
+                peer.calling_aet, peer.address, Action.STORE, str(answer.ErrorComment),
+                detail={"sop_uid": sop_uid},
+            )  # fmt: skip
+        else:
+            self.audit.stored(event.assoc, peer, study_uid, answer.Status == SUCCESS)
         return answer
 
     def _store(self, event: Any, sop_uid: str, origin: Origin) -> tuple[Dataset, str | None]:
