@@ -103,6 +103,8 @@ class DimseAudit:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """One completed (or failed) query or retrieval."""
+        if patient_id is None:
+            patient_id = self._owner_patient(study_uid)
         self._write(
             AuditEvent(
                 actor=peer.principal.name,

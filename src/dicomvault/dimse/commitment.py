@@ -56,8 +56,9 @@ _PAUSE = 0.05  # lets pynetdicom send the N-ACTION response before the report
 
 def commitment_result(
     archive: Archive, request: Dataset, sites: frozenset[str] | None
-) -> tuple[int, Dataset]:
-    """The N-EVENT-REPORT (event type, dataset) answering a commitment request."""
+) -> tuple[int, Dataset, list[str]]:
+    """The N-EVENT-REPORT (event type, dataset) answering a commitment request, and the
+    SOP Instance UIDs held for sites the requester may not read (reported as absent)."""
     refs = [
         (str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
         for item in request.get("ReferencedSOPSequence", [])
@@ -77,6 +78,7 @@ def commitment_result(
             .where(instances.c.sop_uid.in_(sorted(wanted)))
         ).all()
     held = {row.sop_uid: row for row in rows if sites is None or row.site in sites}
+    hidden = sorted(row.sop_uid for row in rows if row.sop_uid not in held)
     result = Dataset()
     result.TransactionUID = request.TransactionUID
     done: list[Dataset] = []
@@ -106,7 +108,7 @@ def commitment_result(
         result.ReferencedSOPSequence = done
     if failed:
         result.FailedSOPSequence = failed
-    return (SOME_FAILED if failed else ALL_COMMITTED), result
+    return (SOME_FAILED if failed else ALL_COMMITTED), result, hidden
 
 
 class CommitmentHandler:
@@ -145,10 +147,18 @@ class CommitmentHandler:
         try:
             with self.archive.db.read() as conn:
                 sites = readable(peer, site_directory(conn))
-            event_type, result = commitment_result(self.archive, request, sites)
+            event_type, result, hidden = commitment_result(self.archive, request, sites)
         except Exception:
             log.exception("storage commitment of %s: cannot check", peer.calling_aet)
             return
+        if hidden:
+            self.audit.denied(
+                peer.calling_aet,
+                peer.address,
+                Action.STORE,
+                "storage commitment asked for instances of sites it may not read",
+                detail={"sop_uids": hidden[:100]},
+            )
         threading.Event().wait(_PAUSE)
         if assoc.is_established:
             try:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from dicomvault.access.accounts import site_directory
 from dicomvault.access.audit import AuditAction, Outcome
+from dicomvault.access.ownership import study_owner
 from dicomvault.access.policy import Action
 from dicomvault.archive import Archive
 from dicomvault.dimse.auditing import DimseAudit
@@ -30,6 +31,7 @@ from dicomvault.dimse.policy import authorize, readable
 from dicomvault.dimse.store import NOT_AUTHORIZED, status
 from dicomvault.errors import InvalidQuery
 from dicomvault.model.levels import Level
+from dicomvault.model.uids import is_valid_uid
 from dicomvault.query import QueryRequest, search
 
 __all__ = [
@@ -136,13 +138,26 @@ class FindHandler:
             log.warning("C-FIND: index unavailable: %s", exc)
             yield status(OUT_OF_RESOURCES, "index unavailable, retry"), None
             return
-        self.audit.done(
-            peer,
-            AuditAction.QUERY,
-            Outcome.SUCCESS,
-            study_uid=request.filters.get(_STUDY_UID_TAG),
-            detail={"level": request.level.value, "keys": dict(request.filters)},
-        )
+        study_uid = request.filters.get(_STUDY_UID_TAG)
+        study_uid = study_uid if study_uid and is_valid_uid(study_uid) else None
+        owner = study_owner(self.archive.db, study_uid) if study_uid else None
+        if owner is not None and request.sites is not None and owner.site not in request.sites:
+            # Another site's study asked for by UID: it matches nothing, as if absent,
+            # and the attempt is on the record (as a DICOMweb request for it would be).
+            self.audit.denied(
+                peer.calling_aet, peer.address, Action.QUERY,
+                f"site {owner.site} is not one of {peer.principal.name}'s sites",
+                study_uid=study_uid,
+            )  # fmt: skip
+        else:
+            self.audit.done(
+                peer,
+                AuditAction.QUERY,
+                Outcome.SUCCESS,
+                study_uid=study_uid,
+                patient_id=owner.patient_id if owner else None,
+                detail={"level": request.level.value, "keys": dict(request.filters)},
+            )
         yield from self._answer(event, identifier, request)
 
     def _answer(

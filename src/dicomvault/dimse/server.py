@@ -104,7 +104,8 @@ class DimseServer:
         self.guard = Guard(archive, self.audit)
         self._servers: list[Any] = []
 
-    def _handlers(self) -> list[Any]:
+    def handlers(self) -> list[Any]:
+        """The (event, handler) pairs each listening server binds."""
         return [
             *self.guard.handlers(),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
@@ -120,7 +121,7 @@ class DimseServer:
         (useful with 0), None without one. `tls_port` is set likewise."""
         if self.port is not None:
             server = self.ae.start_server(
-                (self.host, self.port), block=False, evt_handlers=self._handlers()
+                (self.host, self.port), block=False, evt_handlers=self.handlers()
             )
             assert server is not None  # block=False returns the server
             self._servers.append(server)
@@ -130,7 +131,7 @@ class DimseServer:
             server = self.ae.start_server(
                 (self.host, self.tls_port),
                 block=False,
-                evt_handlers=self._handlers(),
+                evt_handlers=self.handlers(),
                 ssl_context=server_context(self.archive.settings),
             )
             assert server is not None
