@@ -77,6 +77,32 @@ def test_put_never_overwrites(store: ObjectStore) -> None:
     assert b"".join(store.iter_bytes(key)) == b"first"
 
 
+def test_a_large_put_round_trips_with_its_digests(store: ObjectStore) -> None:
+    # Over one S3 part (8 MiB): a multipart upload there, made conditional at completion.
+    data = secrets.token_bytes(19 * 1024 * 1024 + 5)
+    key = new_key()
+    result = store.put(key, (data[i : i + 1_000_000] for i in range(0, len(data), 1_000_000)))
+    assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert b"".join(store.iter_bytes(key)) == data
+    assert read_range_verified(store, key, len(data) - 10, 10, result.blocks) == data[-10:]
+    with pytest.raises(FileExistsError):
+        store.put(key, [data[:9_000_000], data[9_000_000:]])
+    assert b"".join(store.iter_bytes(key)) == data
+
+
+def test_a_stream_that_fails_leaves_no_object(store: ObjectStore) -> None:
+    def failing() -> Iterator[bytes]:
+        for _ in range(12):
+            yield secrets.token_bytes(1024 * 1024)
+        raise OSError("the client went away")
+
+    key = new_key()
+    with pytest.raises((OSError, StorageError), match="went away"):
+        store.put(key, failing())
+    with pytest.raises(ObjectNotFound):
+        store.size(key)
+
+
 def test_missing_object_and_idempotent_delete(store: ObjectStore) -> None:
     key = new_key()
     with pytest.raises(ObjectNotFound):

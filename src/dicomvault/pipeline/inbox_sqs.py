@@ -14,11 +14,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-import boto3
-
 from dicomvault import jobs
 from dicomvault.pipeline.inbox import enqueue_keys
 from dicomvault.storage import ObjectStore
+from dicomvault.storage.aws import client_from_settings
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -63,14 +62,7 @@ def keys_in(body: str, store: ObjectStore) -> list[str]:
 
 
 def _client(settings: Settings) -> Any:
-    secret = settings.s3_secret_access_key
-    return boto3.client(
-        "sqs",
-        endpoint_url=settings.s3_endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-    )
+    return client_from_settings("sqs", settings, endpoint_url=settings.s3_endpoint_url)
 
 
 @jobs.periodic(POLL, every=_every)

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from dicomvault.config import Settings
+from dicomvault.storage.aws import client_from_settings
 from dicomvault.storage.base import (
     ObjectInfo,
     ObjectStore,
@@ -87,13 +88,4 @@ def keyring_from_settings(settings: Settings) -> KeyRing | None:
 
 
 def _kms_client(settings: Settings) -> Any:
-    import boto3
-
-    secret = settings.s3_secret_access_key
-    return boto3.client(
-        "kms",
-        region_name=settings.s3_region,
-        endpoint_url=settings.kms_endpoint_url,
-        aws_access_key_id=settings.s3_access_key_id,
-        aws_secret_access_key=secret.get_secret_value() if secret else None,
-    )
+    return client_from_settings("kms", settings, endpoint_url=settings.kms_endpoint_url)
