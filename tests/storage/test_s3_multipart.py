@@ -1,6 +1,6 @@
-"""The S3 store in bounded memory: a large object goes up part by part (obstore's
-multipart upload, conditional on the key being absent), and a failed or refused
-upload leaves no multipart upload behind."""
+"""The S3 store in bounded memory: a large object goes up part by part (a multipart
+upload made conditional at its completion), and a failed or refused upload leaves no
+multipart upload behind."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ from dicomvault.storage.s3 import S3Store
 endpoint, bucket, key_id, secret, mib = sys.argv[1:6]
 store = S3Store(bucket, "p", endpoint_url=endpoint, access_key_id=key_id, secret_access_key=secret)
 block = bytes(range(256)) * 4096
-result = store.put(new_key(), (block for _ in range(int(mib))))
+# A new bytes object per chunk, as a file or a socket gives: a store that keeps the
+# chunks until the end holds the whole object.
+result = store.put(new_key(), (bytes(bytearray(block)) for _ in range(int(mib))))
 assert result.size == int(mib) * len(block)
 # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
 print(int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024)

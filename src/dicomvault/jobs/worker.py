@@ -227,6 +227,10 @@ class Worker:
                 lambda: cursors.renew_cursor(db, subscriber.name, self.name, self.lease),
                 self.lease,
             ):
+                # The cursor moves once per batch (and before a failure is recorded), not
+                # once per event: reactions are idempotent, so a batch cut short by a crash
+                # is simply seen again, and a busy archive saves a write per event.
+                done = seq
                 for event in events_after(db, seq, _EVENT_BATCH):
                     if self._stop.is_set():
                         break
@@ -234,11 +238,13 @@ class Worker:
                         try:
                             subscriber.react(self.archive, event)
                         except Exception as exc:  # noqa: BLE001 (a failed attempt)
-                            self._event_failed(subscriber, event, attempts + 1, exc)
+                            if done == seq or cursors.advance(db, subscriber.name, self.name, done):
+                                self._event_failed(subscriber, event, attempts + 1, exc)
                             return True
-                    if not cursors.advance(db, subscriber.name, self.name, event["seq"]):
-                        return True
-                    attempts = 0
+                        attempts = 0
+                    done = int(event["seq"])
+                if done != seq:
+                    cursors.advance(db, subscriber.name, self.name, done)
         finally:
             cursors.release(db, subscriber.name, self.name)
         return True

@@ -1,13 +1,25 @@
-"""Objects in an S3-compatible bucket (AWS S3, MinIO, Ceph, ...) through obstore.
+"""Objects in an S3-compatible bucket (AWS S3, MinIO, Ceph, ...).
 
-obstore streams uploads as multipart uploads in bounded chunks and downloads as a
-chunked stream, so object size does not bound memory. `put` uses a conditional
-create (If-None-Match) so a key is never overwritten.
+Objects are immutable: `put` never overwrites a key, and memory stays bounded
+whatever the object's size:
+
+- an object that fits in one part (8 MiB) is one conditional PUT (`If-None-Match: *`,
+  through obstore);
+- a larger one is a multipart upload, part by part, made conditional at its
+  completion (`If-None-Match: *` on CompleteMultipartUpload, through boto3: obstore's
+  conditional create buffers the whole object in memory first). Any failure, a key
+  that exists included, aborts the upload so no parts are left behind.
+
+Reads stream through obstore in chunks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import obstore
@@ -15,11 +27,25 @@ from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionEr
 from obstore.store import S3Store as _ObstoreS3
 
 from dicomvault.errors import ObjectNotFound, StorageError
+from dicomvault.storage import aws
 from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult
 
 __all__ = ["S3Store"]
 
-_PART_SIZE = 8 * 1024 * 1024
+_PART_SIZE = 8 * 1024 * 1024  # S3's minimum part is 5 MiB (all but the last)
+_IN_FLIGHT = 3  # parts uploaded at once: bandwidth on real S3, bounded memory
+
+
+def _parts(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """`chunks` regrouped into pieces of `size` bytes (the last one shorter)."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        while len(pending) >= size:
+            yield bytes(pending[:size])
+            del pending[:size]
+    if pending:
+        yield bytes(pending)
 
 
 class S3Store:
@@ -36,6 +62,14 @@ class S3Store:
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._sse_kms_key_id = sse_kms_key_id
+        self._connection: dict[str, Any] = {
+            "region": region,
+            "endpoint_url": endpoint_url,
+            "access_key_id": access_key_id,
+            "secret_access_key": secret_access_key,
+        }
+        self._s3: Any = None  # boto3 client for multipart uploads, made on first use
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         config: dict[str, Any] = {"region": region}
         if endpoint_url:
@@ -57,13 +91,75 @@ class S3Store:
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         reader = HashingReader(chunks)
-        try:
-            obstore.put(self._store, key, iter(reader), mode="create", chunk_size=_PART_SIZE)
-        except (AlreadyExistsError, PreconditionError) as exc:
-            raise FileExistsError(key) from exc
-        except Exception as exc:  # obstore raises its own tree; surface one error type
-            raise StorageError(f"S3 put {key}: {exc}") from exc
+        parts = _parts(iter(reader), _PART_SIZE)
+        first = next(parts, b"")
+        second = next(parts, None)
+        if second is None:
+            try:
+                obstore.put(self._store, key, first, mode="create")
+            except (AlreadyExistsError, PreconditionError) as exc:
+                raise FileExistsError(key) from exc
+            except Exception as exc:  # obstore raises its own tree; surface one error type
+                raise StorageError(f"S3 put {key}: {exc}") from exc
+        else:
+            self._multipart(key, itertools.chain((first, second), parts))
         return reader.result(key)
+
+    def _multipart(self, key: str, parts: Iterator[bytes]) -> None:
+        """Upload `parts` as one object, created only if `key` does not exist."""
+        from botocore.exceptions import ClientError
+
+        s3 = self._boto()
+        name = f"{self.prefix}/{key}" if self.prefix else key
+        extra: dict[str, Any] = {}
+        if self._sse_kms_key_id:
+            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self._sse_kms_key_id}
+        try:
+            upload = s3.create_multipart_upload(Bucket=self.bucket, Key=name, **extra)["UploadId"]
+        except ClientError as exc:
+            raise StorageError(f"S3 put {key}: {exc}") from exc
+        try:
+            done = self._upload_parts(s3, name, upload, parts)
+            s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=name,
+                UploadId=upload,
+                MultipartUpload={"Parts": done},
+                IfNoneMatch="*",
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                s3.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload)
+            if isinstance(exc, ClientError):
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    raise FileExistsError(key) from exc
+                raise StorageError(f"S3 put {key}: {exc}") from exc
+            raise
+
+    def _upload_parts(
+        self, s3: Any, name: str, upload: str, parts: Iterator[bytes]
+    ) -> list[dict[str, Any]]:
+        """Upload `parts` with up to `_IN_FLIGHT` at once (memory: that many parts)."""
+        done: list[dict[str, Any]] = []
+        with ThreadPoolExecutor(_IN_FLIGHT, thread_name_prefix="s3-part") as pool:
+            pending: deque[tuple[int, Future[Any]]] = deque()
+            for number, body in enumerate(parts, start=1):
+                if len(pending) == _IN_FLIGHT:
+                    first, future = pending.popleft()
+                    done.append({"PartNumber": first, "ETag": future.result()["ETag"]})
+                pending.append((number, pool.submit(
+                    s3.upload_part, Bucket=self.bucket, Key=name, UploadId=upload,
+                    PartNumber=number, Body=body,
+                )))  # fmt: skip
+            for number, future in pending:
+                done.append({"PartNumber": number, "ETag": future.result()["ETag"]})
+        return done
+
+    def _boto(self) -> Any:
+        if self._s3 is None:
+            self._s3 = aws.client("s3", **self._connection)
+        return self._s3
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         options: dict[str, Any] = {}
