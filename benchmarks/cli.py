@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--large-mb", type=int, help="size of the large instance (default 1024)")
     run.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="dicomvault server processes (default: one per CPU core, as Orthanc uses every "
+        "core); the large instance is measured with one, whose peak memory is the figure",
+    )
+    run.add_argument(
         "--only",
         nargs="*",
         choices=["stow", "cstore", "retrieve", "qido", "large", "disk"],
@@ -53,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _servers(args: argparse.Namespace) -> list[tuple[str, Factory]]:
     def dicomvault() -> AbstractContextManager[Server]:
-        return _dicomvault(args.backend)
+        return _dicomvault(args.backend, args.processes)
 
     servers: list[tuple[str, Factory]] = [("dicomvault", dicomvault)]
     if args.against == "orthanc":
@@ -67,13 +74,14 @@ def _servers(args: argparse.Namespace) -> list[tuple[str, Factory]]:
 class _dicomvault(AbstractContextManager[Server]):
     """A fresh dicomvault with a fresh backend (a new PostgreSQL and bucket if asked)."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, processes: int = 1) -> None:
         self.backend = backend
+        self.processes = processes
         self.stack = ExitStack()
 
     def __enter__(self) -> Server:
         env = self.stack.enter_context(backend_env(self.backend))
-        return self.stack.enter_context(dicomvault_server(env))
+        return self.stack.enter_context(dicomvault_server(env, self.processes))
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
@@ -222,7 +230,8 @@ def _large(args: argparse.Namespace, figures: Figures) -> None:
     megabytes = args.large_mb or (256 if args.quick else 1024)
     path = data.large_instance(megabytes)
     study = data.large_study()
-    for name, factory in _servers(args):
+    one_process = argparse.Namespace(**{**vars(args), "processes": 1})
+    for name, factory in _servers(one_process):
         with factory() as server:
             seconds = measure.stow_file(server.dicomweb, path)
             figures.add(

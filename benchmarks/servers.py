@@ -75,12 +75,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def dicomvault_server(env: dict[str, str]) -> Iterator[Server]:
-    """`dicomvault serve` on a free port, with `env` (DICOMVAULT_* backend settings)."""
+def dicomvault_server(env: dict[str, str], processes: int = 1) -> Iterator[Server]:
+    """`dicomvault serve` on a free port, with `env` (DICOMVAULT_* backend settings) and
+    `processes` server processes."""
     work = Path(tempfile.mkdtemp(prefix="bench-dv-"))
     port = free_port()
     log = work / "server.log"
     command = [DICOMVAULT, "serve", "--http-port", str(port), "--log-level", "warning"]
+    if processes > 1:
+        command += ["--processes", str(processes)]
     dicom_port = free_port() if has_dimse() else None
     if dicom_port is not None:
         command += ["--dicom-port", str(dicom_port)]

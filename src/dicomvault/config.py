@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=2, ge=1, le=64, description="Jobs one `dicomvault worker` runs at once."
     )
+    serve_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes `dicomvault serve` runs, each serving HTTP and DICOM on the "
+        "same ports (one per CPU core uses them all; job workers run in the first).",
+    )
     serve_workers: int = Field(
         default=1,
         ge=0,

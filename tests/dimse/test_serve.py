@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from dicomvault.synthetic import instance_bytes, uid
 from tests.support.dcmtk import dcmtk
 from tests.support.live import free_port
 
@@ -33,6 +34,72 @@ def test_serve_starts_the_dicom_node_next_to_dicomweb(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=15)[0].decode()
-    assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal
+    assert proc.returncode == 0, output  # stopped its workers and DICOM node, then exited
     assert "Finished server process" in output
     assert f"DIMSE AE VAULT_E2E at 127.0.0.1:{dicom}" in output
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _wait_echo(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while dcmtk("echoscu", "-aec", "DICOMVAULT", "127.0.0.1", port).returncode != 0:
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "no C-ECHO answer from dicomvault serve"
+        time.sleep(0.2)
+
+
+def _serve_processes(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    exe = shutil.which("dicomvault")
+    assert exe
+    http, dicom = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
+    args = [exe, "serve", "--data-dir", str(tmp_path), "--http-port", str(http),
+            "--dicom-port", str(dicom), "--processes", "3"]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_echo(dicom, proc)
+    return proc, http, dicom
+
+
+def test_several_processes_serve_the_same_ports_and_stop_together(tmp_path: Path) -> None:
+    proc, http, dicom = _serve_processes(tmp_path)
+    try:
+        children = _children(proc.pid)
+        assert len(children) == 2
+        files = tmp_path / "send"
+        files.mkdir()
+        for number in range(12):
+            (files / f"{number}.dcm").write_bytes(instance_bytes(
+                study_uid=uid("mp/st"), series_uid=uid("mp/se"), sop_uid=uid(f"mp/{number}"),
+                instance_number=number, size=8))  # fmt: skip
+        # Several associations and requests: the kernel spreads them over the processes.
+        for _ in range(3):
+            done = dcmtk("storescu", "-aec", "DICOMVAULT", "+sd", "127.0.0.1", dicom, files)
+            assert done.returncode == 0, done.stderr
+        for _ in range(6):
+            found = httpx.get(f"http://127.0.0.1:{http}/dicom-web/studies/{uid('mp/st')}/instances")
+            assert found.status_code == 200
+            assert len(found.json()) == 12
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert output.count("Finished server process") == 3
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_a_dying_process_stops_the_server_with_status_1(tmp_path: Path) -> None:
+    proc, _, _ = _serve_processes(tmp_path)
+    try:
+        children = _children(proc.pid)
+        os.kill(children[0], signal.SIGKILL)
+        output = proc.communicate(timeout=30)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output
+    assert "ended with status -9: stopping" in output
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)

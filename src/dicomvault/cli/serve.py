@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from dicomvault.archive import Archive
 from dicomvault.cli.common import (
     ConfigOption,
     DataDirOption,
@@ -16,21 +15,26 @@ from dicomvault.cli.common import (
     settings_from,
 )
 from dicomvault.config import Settings
-from dicomvault.jobs.worker import start_serve_workers
 
 __all__ = ["serve"]
 
 
-def refuse_if_insecure(settings: Settings, archive: Archive, *, dicom: bool = False) -> None:
-    """Secure defaults: exit 2 with the reason instead of serving patient data openly."""
+def refuse_if_insecure(settings: Settings, *, dicom: bool = False) -> None:
+    """Secure defaults: exit 2 with the reason instead of serving patient data openly.
+    Also brings the index schema up to date, once, before any server process starts."""
     from dicomvault.access.startup import InsecureConfiguration, check_secure_defaults
+    from dicomvault.index import migrate
+    from dicomvault.index.db import Database
 
+    db = Database(settings.effective_database_url)
     try:
-        check_secure_defaults(settings, archive.db, dicom=dicom)
+        migrate.upgrade(db)
+        check_secure_defaults(settings, db, dicom=dicom)
     except InsecureConfiguration as exc:
-        archive.close()
         err_console.print(f"dicomvault: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
 
 
 def serve(
@@ -49,59 +53,53 @@ def serve(
     no_dicom: Annotated[
         bool, typer.Option("--no-dicom", help="Serve DICOMweb only, no DIMSE port.")
     ] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Server processes on the same ports (DICOMVAULT_SERVE_PROCESSES); one per "
+            "CPU core to use them all.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the archive: DICOMweb at http://HOST:PORT/dicom-web and a DICOM node (DIMSE)."""
-    # Imported here: the web stack is most of the CLI's start-up time, and
-    # `config show`, `db` and `import` do not need it.
-    import uvicorn
+    from dicomvault.serving import Plan, http_listener, run
 
-    from dicomvault.dicomweb.app import create_app
-    from dicomvault.tls import uvicorn_config
-
-    settings = settings_from(
-        config, data_dir=data_dir, host=host, http_port=http_port, dicom_port=dicom_port
-    )
+    overrides = {"host": host, "http_port": http_port, "dicom_port": dicom_port}
+    overrides["serve_processes"] = processes
+    settings = settings_from(config, data_dir=data_dir, **overrides)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    archive = Archive.open(settings)
+    if log_level != "debug":  # pynetdicom logs every DIMSE message at info level
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     dicom = bool(settings.dicom_port or settings.dicom_tls_port) and not no_dicom
-    refuse_if_insecure(settings, archive, dicom=dicom)
-    console.print(
-        f"dicomvault: index {settings.masked()['database_url']}, objects {archive.store.url}"
-    )
+    if settings.serve_processes > 1 and settings.http_port == 0:
+        err_console.print("dicomvault: several processes need a fixed HTTP port, not 0")
+        raise typer.Exit(2)
+    refuse_if_insecure(settings, dicom=dicom)
+    masked = settings.masked()
+    console.print(f"dicomvault: index {masked['database_url']}, objects {masked['storage_url']}")
     scheme = "https" if settings.tls_cert_file else "http"
     console.print(f"DICOMweb at {scheme}://{settings.host}:{settings.http_port}/dicom-web")
-    workers = start_serve_workers(archive)
-    dimse = None
-    if dicom:
-        from dicomvault.dimse import DimseServer
-
-        if log_level != "debug":  # pynetdicom logs every DIMSE message at info level
-            logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        dimse = DimseServer(
-            archive, settings.host, settings.dicom_port or None, tls_port=settings.dicom_tls_port
+    if dicom and settings.dicom_port:
+        console.print(f"DIMSE AE {settings.ae_title} at {settings.host}:{settings.dicom_port}")
+    if dicom and settings.dicom_tls_port:
+        console.print(
+            f"DICOM TLS AE {settings.ae_title} at {settings.host}:{settings.dicom_tls_port}"
         )
-        dimse.start()
-        if dimse.port is not None:
-            console.print(f"DIMSE AE {settings.ae_title} at {settings.host}:{dimse.port}")
-        if dimse.tls_port is not None:
-            console.print(f"DICOM TLS AE {settings.ae_title} at {settings.host}:{dimse.tls_port}")
+    if settings.serve_processes > 1:
+        console.print(f"{settings.serve_processes} server processes")
     try:
-        uvicorn.Server(
-            uvicorn_config(
-                create_app(archive),
-                settings,
-                host=settings.host,
-                port=settings.http_port,
-                log_level=log_level,
-                access_log=log_level == "debug",
-            )
-        ).run()
-    finally:
-        if workers is not None:
-            workers.stop(timeout=30)
-        if dimse is not None:
-            dimse.stop()
-        archive.close()
+        listener = http_listener(settings)
+    except OSError as exc:
+        err_console.print(
+            f"dicomvault: cannot listen on {settings.host}:{settings.http_port}: {exc}"
+        )
+        raise typer.Exit(1) from exc
+    status = run(Plan(settings, dicom, log_level), listener)
+    if status:
+        raise typer.Exit(status)

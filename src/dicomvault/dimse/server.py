@@ -11,6 +11,8 @@ index. `connections.Guard` holds the connection and association policy.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
 
 from pydicom.uid import (
@@ -32,6 +34,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomvault.archive import Archive
 from dicomvault.dimse import sop
@@ -72,12 +75,34 @@ _PLAIN = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 _UNLIMITED = 10_000
 
 
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a listen backlog for busy sites (its default,
+    5, makes a burst of modalities connecting at once wait for SYN retries)."""
+
+    request_queue_size = 128
+
+
+class _SharedPortServer(_Server):
+    """A server whose port several processes of the archive bind."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class DimseServer:
     """The archive's DICOM Application Entity, listening on `host:port` (and on
     `host:tls_port` over DICOM TLS) in background threads."""
 
     def __init__(
-        self, archive: Archive, host: str, port: int | None, *, tls_port: int | None = None
+        self,
+        archive: Archive,
+        host: str,
+        port: int | None,
+        *,
+        tls_port: int | None = None,
+        shared_port: bool = False,
     ) -> None:
         self.archive = archive
         settings = archive.settings
@@ -100,6 +125,7 @@ class DimseServer:
         self.host = host
         self.port = port
         self.tls_port = tls_port
+        self.shared_port = shared_port
         self.audit = DimseAudit(archive.auditor)
         self.guard = Guard(archive, self.audit)
         self._servers: list[Any] = []
@@ -120,25 +146,32 @@ class DimseServer:
         """Listen and serve in background threads; the cleartext port actually bound
         (useful with 0), None without one. `tls_port` is set likewise."""
         if self.port is not None:
-            server = self.ae.start_server(
-                (self.host, self.port), block=False, evt_handlers=self.handlers()
-            )
-            assert server is not None  # block=False returns the server
-            self._servers.append(server)
+            server = self._listen(self.port, None)
             self.port = int(server.server_address[1])
             log.info("DIMSE: %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
         if self.tls_port is not None:
-            server = self.ae.start_server(
-                (self.host, self.tls_port),
-                block=False,
-                evt_handlers=self.handlers(),
-                ssl_context=server_context(self.archive.settings),
-            )
-            assert server is not None
-            self._servers.append(server)
+            server = self._listen(self.tls_port, server_context(self.archive.settings))
             self.tls_port = int(server.server_address[1])
             log.info("DIMSE: %s DICOM TLS on %s:%d", self.ae.ae_title, self.host, self.tls_port)
         return self.port
+
+    def _listen(self, port: int, ssl_context: Any) -> Any:
+        """pynetdicom's non-blocking server, on a socket that other processes of this
+        archive may bind too (SO_REUSEPORT: the kernel spreads connections over them)."""
+        server_class = _SharedPortServer if self.shared_port else _Server
+        server = self.ae.make_server(
+            (self.host, port),
+            evt_handlers=self.handlers(),
+            ssl_context=ssl_context,
+            server_class=server_class,
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, name=f"dicom-acceptor-{port}", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)  # so that AE.shutdown() stops it too
+        self._servers.append(server)
+        return server
 
     def stop(self) -> None:
         """Stop listening and end every association."""

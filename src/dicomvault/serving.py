@@ -1,0 +1,181 @@
+"""Running the archive's servers: DICOMweb (uvicorn), the DICOM node and the job
+workers, in one process or several.
+
+One Python process runs Python code on one core at a time. With `serve_processes`
+N > 1, `dicomvault serve` forks N - 1 more processes that serve the same ports: the
+HTTP listening socket is bound once and shared (the kernel hands each connection to
+one process), and each process binds the DICOM port with SO_REUSEPORT (likewise).
+Every process opens its own database connections and object store after the fork;
+the job workers run in the first process only. Everything that must be done once
+(schema migration, the secure-defaults check) happens before the fork.
+
+If a process of a multi-process server dies, the others are stopped and `serve`
+exits with status 1, so that the service manager restarts it whole; a child also
+stops when the first process goes away.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+
+from dicomvault.archive import Archive
+from dicomvault.config import Settings
+
+__all__ = ["Plan", "http_listener", "run"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What `dicomvault serve` runs."""
+
+    settings: Settings
+    dicom: bool  # the DICOM node too
+    log_level: str = "info"
+
+    @property
+    def processes(self) -> int:
+        return self.settings.serve_processes
+
+
+def http_listener(settings: Settings) -> socket.socket:
+    """The HTTP listening socket, bound once for every process."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.http_port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(plan: Plan, listener: socket.socket) -> int:
+    """Serve until told to stop (SIGINT, SIGTERM); the exit status."""
+    children = [_fork(plan, listener) for _ in range(plan.processes - 1)]
+    failed, stopping = threading.Event(), threading.Event()
+    if children:
+        threading.Thread(
+            target=_watch, args=(children, failed, stopping), name="serve-watch", daemon=True
+        ).start()
+    try:
+        _serve(plan, listener, first=True)
+    finally:
+        stopping.set()
+        _stop(children)
+    return 1 if failed.is_set() else 0
+
+
+def _fork(plan: Plan, listener: socket.socket) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 1
+    try:
+        _die_with_parent()
+        _serve(plan, listener, first=False)
+        status = 0
+    except BaseException:  # a child must never return into the parent's code
+        log.exception("serve process %d failed", os.getpid())
+    finally:
+        logging.shutdown()
+        os._exit(status)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the first one goes away."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(plan: Plan, listener: socket.socket, *, first: bool) -> None:
+    """One process's servers: uvicorn on the shared socket, the DICOM node, and (in the
+    first process) the job workers."""
+    import uvicorn
+
+    from dicomvault.dicomweb.app import create_app
+    from dicomvault.jobs.worker import start_serve_workers
+    from dicomvault.tls import uvicorn_config
+
+    settings = plan.settings
+    archive = Archive.open(settings, upgrade=False)
+    workers = start_serve_workers(archive) if first else None
+    dimse = None
+    try:
+        if plan.dicom:
+            from dicomvault.dimse import DimseServer
+
+            dimse = DimseServer(
+                archive,
+                settings.host,
+                settings.dicom_port or None,
+                tls_port=settings.dicom_tls_port,
+                shared_port=plan.processes > 1,
+            )
+            dimse.start()
+        config = uvicorn_config(
+            create_app(archive),
+            settings,
+            host=settings.host,
+            port=settings.http_port,
+            log_level=plan.log_level,
+            access_log=plan.log_level == "debug",
+        )
+        # uvicorn handles SIGINT/SIGTERM while it runs and raises the signal again once
+        # it has stopped, under the handlers it found: these let this process then stop
+        # its workers and DICOM node instead of dying at once.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, _stopped)
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        if workers is not None:
+            workers.stop(timeout=30)
+        if dimse is not None:
+            dimse.stop()
+        archive.close()
+
+
+def _stopped(signum: int, _frame: object) -> None:
+    log.info("serve process %d: %s, stopping", os.getpid(), signal.Signals(signum).name)
+
+
+def _watch(children: list[int], failed: threading.Event, stopping: threading.Event) -> None:
+    """Stop the first process when a child ends (with status 1 if it failed)."""
+    while not stopping.is_set():
+        for pid in children:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done and not stopping.is_set():
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    log.error("serve process %d ended with status %d: stopping", pid, code)
+                    failed.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        stopping.wait(0.5)
+
+
+def _stop(children: list[int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    for pid in children:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            continue
