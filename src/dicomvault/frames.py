@@ -167,7 +167,7 @@ class ImageInstance:
     def native_pixel_data(self) -> Iterator[bytes]:
         """Every frame uncompressed, as one stream (the Pixel Data bulk data value)."""
         geometry = self.geometry
-        if self.ranged and UID(self.transfer_syntax) != ExplicitVRBigEndian:
+        if self.sliceable:
             assert self.stored.pixel_offset is not None
             start = self.stored.pixel_offset
             length = math.ceil(geometry.frame_bits * geometry.frames / 8)
@@ -175,6 +175,24 @@ class ImageInstance:
             return
         for number in range(1, geometry.frames + 1):
             yield self.native_frame(number)
+
+    @property
+    def native_pixel_length(self) -> int:
+        """Bytes of the uncompressed Pixel Data value (every frame)."""
+        return math.ceil(self.geometry.frame_bits * self.geometry.frames / 8)
+
+    @property
+    def sliceable(self) -> bool:
+        """Whether the object holds the uncompressed Pixel Data value as it is sent."""
+        return self.ranged and UID(self.transfer_syntax) != ExplicitVRBigEndian
+
+    def native_pixel_slice(self, start: int, end: int) -> Iterator[bytes] | None:
+        """Bytes [start, end) of the uncompressed Pixel Data value, read by range from the
+        object when it is `sliceable` (checked block by block); None otherwise."""
+        if not self.sliceable:
+            return None
+        assert self.stored.pixel_offset is not None
+        return self._range(self.stored.pixel_offset + start, self.stored.pixel_offset + end)
 
     def _range(self, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) of the stored object, checked against its block digests.

@@ -372,6 +372,45 @@ def test_other_bulk_data_top_level_and_nested(stored: dict[str, Dataset], server
 
 
 @pytest.mark.parametrize(
+    ("range_header", "start", "end"),
+    [("bytes=0-99", 0, 100), ("bytes=2000-", 2000, None), ("bytes=-10", -10, None)],
+)
+def test_a_byte_range_of_bulk_data(
+    stored: dict[str, Dataset], server: str, range_header: str, start: int, end: int | None
+) -> None:
+    pixels = ct_image(64, 1, 4).tobytes()  # 32 KiB: the slice is read from the object
+    overlay = np.arange(1024, dtype=np.uint16).tobytes()
+    for path, value in (("7FE00010", pixels), ("60003000", overlay)):
+        url = _url(server, "native") + f"/bulkdata/{path}"
+        whole = httpx.get(url, headers={"Accept": "application/octet-stream"})
+        assert whole.headers["accept-ranges"] == "bytes"
+        part = httpx.get(url, headers={"Accept": "application/octet-stream", "Range": range_header})
+        assert part.status_code == 206, part.text
+        expected = value[start:end]
+        assert part.content == expected
+        first = start % len(value)
+        assert part.headers["content-range"] == (
+            f"bytes {first}-{first + len(expected) - 1}/{len(value)}"
+        )
+
+
+def test_unsatisfiable_and_ignored_ranges(stored: dict[str, Dataset], server: str) -> None:
+    url = _url(server, "native") + "/bulkdata/7FE00010"
+    octet = {"Accept": "application/octet-stream"}
+    beyond = httpx.get(url, headers={**octet, "Range": "bytes=40000-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == "bytes */32768"
+    for ignored in ("bytes=0-1,5-9", "items=0-4", "bytes=9-2"):
+        whole = httpx.get(url, headers={**octet, "Range": ignored})
+        assert (whole.status_code, len(whole.content)) == (200, 32768), ignored
+    # Decoded from JPEG-LS: not a slice of the object, so answered whole.
+    jpegls = _url(server, "jpegls") + "/bulkdata/7FE00010"
+    decoded = httpx.get(jpegls, headers={**octet, "Range": "bytes=0-9"})
+    assert decoded.status_code == 200
+    assert decoded.content == ct_image(64, 2, 3).tobytes()
+
+
+@pytest.mark.parametrize(
     ("name", "path", "accept", "status"),
     [
         ("native", "12345678", None, 404),  # absent

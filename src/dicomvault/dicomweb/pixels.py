@@ -26,6 +26,7 @@ from dicomvault.dicomweb.pixel_media import (
     negotiate_rendered,
     part_content_type,
 )
+from dicomvault.dicomweb.ranges import content_range, requested_range
 from dicomvault.frames import (
     PIXEL_DATA,
     ImageInstance,
@@ -118,15 +119,35 @@ async def retrieve_bulkdata(
             return await _multipart(part_type, frames, one_part=False)
         if choice.multipart:
             return await _multipart(part_type, image.native_pixel_data(), one_part=True)
+        total = image.native_pixel_length
+        wanted = requested_range(request.headers.get("range"), total)
+        sliced = image.native_pixel_slice(*wanted) if wanted is not None else None
+        if wanted is not None and sliced is not None:
+            return StreamingResponse(
+                await _started(sliced),
+                status_code=206,
+                media_type=OCTET_STREAM,
+                headers=content_range(*wanted, total),
+            )
         chunks = await _started(image.native_pixel_data())
-        return StreamingResponse(chunks, media_type=OCTET_STREAM)
+        ranges = {"Accept-Ranges": "bytes"} if image.sliceable else {}
+        return StreamingResponse(chunks, media_type=OCTET_STREAM, headers=ranges)
     multipart = negotiate_bulk(accept)
     archive = _archive(request)
     (stored,) = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
     value = await run_in_threadpool(element_value, archive.store, stored, path)
     if multipart:
         return await _multipart(OCTET_STREAM, iter((value,)), one_part=False)
-    return Response(value, media_type=OCTET_STREAM)
+    wanted = requested_range(request.headers.get("range"), len(value))
+    if wanted is not None:
+        start, end = wanted
+        return Response(
+            value[start:end],
+            status_code=206,
+            media_type=OCTET_STREAM,
+            headers=content_range(start, end, len(value)),
+        )
+    return Response(value, media_type=OCTET_STREAM, headers={"Accept-Ranges": "bytes"})
 
 
 def _render_options(request: Request, viewport: Viewport | None = None) -> RenderOptions:
