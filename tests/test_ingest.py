@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from dicomvault.archive import Archive
 from dicomvault.config import DuplicatePolicy, Settings
 from dicomvault.errors import DuplicateConflict, StudyMismatch
-from dicomvault.index.schema import events, instances, objects, studies
+from dicomvault.index.schema import events, instances, objects, patients, studies
 from dicomvault.ingest import Outcome
 from dicomvault.model.origin import Door, Origin
 from dicomvault.synthetic import dataset, instance_bytes, to_bytes, uid
@@ -176,3 +176,31 @@ def test_implicit_vr_and_nested_sequences(archive: Archive) -> None:
     with archive.db.read() as conn:
         header = conn.execute(select(instances.c.header)).scalar_one()
     assert header["00081140"]["Value"][0]["00081155"]["Value"] == ["1.2.3.4"]
+
+
+def test_the_most_recent_study_brings_the_patients_current_demographics(archive: Archive) -> None:
+    def study(name: str, date: str, patient_name: str, sex: str | None = "F") -> None:
+        ds = dataset(study_uid=uid(f"demo/{name}"), series_uid=uid(f"demo/{name}/s"),
+                     sop_uid=uid(f"demo/{name}/1"), patient_id="PAT-DEMO",
+                     patient_name=patient_name, study_date=date, size=8)  # fmt: skip
+        if sex is None:
+            del ds.PatientSex
+        archive.ingestor.ingest(BytesIO(to_bytes(ds)))
+
+    def current() -> tuple[str, str | None]:
+        with archive.db.read() as conn:
+            row = conn.execute(
+                select(patients.c.patient_name, patients.c.sex).where(
+                    patients.c.patient_id == "PAT-DEMO"
+                )
+            ).one()
+        return row.patient_name, row.sex
+
+    study("first", "20240115", "Doe^Jane")
+    assert current() == ("Doe^Jane", "F")
+    study("married", "20240601", "Smith^Jane", sex=None)  # a missing value changes nothing
+    assert current() == ("Smith^Jane", "F")
+    study("late-prior", "20230301", "Doe^Jane")  # an older study arriving late: no change
+    assert current() == ("Smith^Jane", "F")
+    with archive.db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(patients)).scalar_one() == 1

@@ -276,18 +276,20 @@ class Ingestor:
                 )
             _check_site(header, known.site, origin)
             return int(known.study_fk), int(known.id), False
-        patient_id = _get_or_create(
+        patient_id, new_patient = _get_or_create(
             conn,
             patients,
             {"patient_id": header.patient["patient_id"], "issuer": header.patient["issuer"]},
             header.patient,
-        )[0]
+        )
         study_id, new_study = _get_or_create(
             conn,
             studies,
             {"study_uid": header.study_uid},
             {**header.study, "patient_fk": patient_id, "site": origin.site},
         )
+        if new_study and not new_patient:
+            _refresh_patient(conn, patient_id, study_id, header)
         if not new_study and origin.site is not None:
             site = conn.execute(select(studies.c.site).where(studies.c.id == study_id))
             _check_site(header, site.scalar_one(), origin)
@@ -386,6 +388,28 @@ def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
             out[name] = value[: column_type.length]
     return out
+
+
+def _refresh_patient(conn: Connection, patient_id: int, study_id: int, header: Header) -> None:
+    """A new study of a known patient brings the patient's current demographics (a name
+    changed by marriage, a corrected birth date): they replace the stored ones unless
+    another study of the patient is more recent by Study Date. The instances keep their
+    own headers; this is what patient-level queries and study lists show."""
+    newest = conn.execute(
+        select(func.max(studies.c.study_date)).where(
+            studies.c.patient_fk == patient_id, studies.c.id != study_id
+        )
+    ).scalar()
+    date = header.study.get("study_date")
+    if newest is not None and (date is None or str(date) < str(newest)):
+        return
+    values = {
+        name: value
+        for name, value in _fit(patients, header.patient).items()
+        if value is not None and name not in ("patient_id", "issuer")
+    }
+    if values:
+        conn.execute(update(patients).where(patients.c.id == patient_id).values(values))
 
 
 def _get_or_create(
