@@ -34,6 +34,12 @@ _VALUES = {
     "frame_list": "1",
     "path": "00280010",
     "site": "A",
+    # The management API's own names.
+    "name": "alice",
+    "token_id": "1",
+    "ae_title": "MOD_A",
+    "route_id": "1",
+    "job_id": "1",
 }
 
 

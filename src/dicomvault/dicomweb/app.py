@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from dicomvault import __version__
-from dicomvault.api import changefeed
+from dicomvault.api import changefeed, manage
 from dicomvault.archive import Archive
 from dicomvault.dicomweb import delete, login, pixels, qido, stow, wado
 from dicomvault.dicomweb.access import AuditMiddleware, guard
@@ -90,4 +90,5 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(stow.router, prefix="/dicom-web/sites/{site}")
     app.include_router(login.router)
     app.include_router(changefeed.router)
+    app.include_router(manage.router)
     return app
