@@ -59,6 +59,7 @@ class IngestResult:
     sop_class_uid: str
     size: int
     sha256: str
+    patient_id: str = ""
     warnings: list[str] = field(default_factory=list)
 
 
@@ -179,6 +180,7 @@ class Ingestor:
             sop_class_uid=header.sop_class_uid,
             size=size,
             sha256=sha,
+            patient_id=str(header.patient.get("patient_id") or ""),
         )
 
     def _check_replaceable(self, existing: _Existing, header: Header) -> None:

@@ -216,3 +216,13 @@ def test_local_store_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
         store.put(new_key(), broken())
     assert list(store.list()) == []
     assert list((tmp_path / ".tmp").iterdir()) == []
+
+
+def test_local_store_recreates_a_directory_removed_behind_its_back(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    first = "instances/ab/cd/first.dcm"
+    store.put(first, [b"one"])
+    store.delete(first)
+    (tmp_path / "objects/instances/ab/cd").rmdir()  # an operator tidying up
+    store.put("instances/ab/cd/second.dcm", [b"two"])
+    assert b"".join(store.iter_bytes("instances/ab/cd/second.dcm")) == b"two"

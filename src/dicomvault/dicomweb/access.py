@@ -83,7 +83,8 @@ class AccessContext:
     store_site: str | None = None  # the site new studies are filed under
     study_uid: str | None = None
     patient_id: str | None = None
-    stored_studies: set[str] = field(default_factory=set)  # filled in by STOW-RS
+    # Filled in by STOW-RS: study UID -> patient ID of what it stored.
+    stored_studies: dict[str, str] = field(default_factory=dict)
 
 
 def route_path(scope: Scope) -> str:
@@ -294,9 +295,7 @@ class AuditMiddleware:
         if context.stored_studies:
             detail["studies"] = sorted(context.stored_studies)
             if context.study_uid is None and len(context.stored_studies) == 1:
-                context.study_uid = next(iter(context.stored_studies))
-                found = await run_in_threadpool(study_owner, archive.db, context.study_uid)
-                context.patient_id = found.patient_id if found else None
+                ((context.study_uid, context.patient_id),) = context.stored_studies.items()
         outcome = Outcome.SUCCESS if status < 400 else Outcome.FAILURE
         event = _event(
             request, context.principal, _AUDITED[context.action], outcome, detail, context

@@ -141,7 +141,7 @@ async def _store_parts(
     study: str | None,
     base: str,
     origin: Origin,
-    stored_studies: set[str],
+    stored_studies: dict[str, str],
 ) -> Response:
     # Parts are ingested several at a time: their object writes (and fsyncs) overlap,
     # which is most of the gain of a many-instance request; the index stays consistent
@@ -161,7 +161,7 @@ async def _store_parts(
                 )
             except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others
                 return _failed(number, part, exc)
-        stored_studies.add(result.study_uid)
+        stored_studies[result.study_uid] = result.patient_id
         return _PartOutcome(_Kind.STORED, _reference(base, result))
 
     outcomes = await asyncio.gather(*(store(n, p) for n, p in enumerate(parts, start=1)))

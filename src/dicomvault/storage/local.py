@@ -15,6 +15,7 @@ from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutRe
 __all__ = ["LocalStore"]
 
 _TMP = ".tmp"
+_DIR_CACHE = 70_000  # more than the 65,536 fan-out directories of new_key()
 
 
 class LocalStore:
@@ -24,6 +25,7 @@ class LocalStore:
         self.root = root.resolve()
         self.url = self.root.as_uri()
         (self.root / _TMP).mkdir(parents=True, exist_ok=True)
+        self._dirs: set[Path] = set()  # directories known to exist (see _ensure_dir)
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith(("/", _TMP)) or ".." in key.split("/"):
@@ -35,14 +37,19 @@ class LocalStore:
         tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         reader = HashingReader(chunks)
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_dir(final.parent)
             with open(tmp, "xb") as out:
                 for chunk in reader:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             # link() refuses to replace an existing key, which rename() would do silently.
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)
+            except FileNotFoundError:  # its directory was removed behind our back
+                self._dirs.discard(final.parent)
+                self._ensure_dir(final.parent)
+                os.link(tmp, final)
             _fsync_dir(final.parent)
         except FileExistsError:
             raise
@@ -52,6 +59,26 @@ class LocalStore:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
                 tmp.unlink(missing_ok=True)
         return reader.result(key)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create `directory` (and missing parents) durably: each new directory's entry is
+        fsynced in its parent, so an object linked into it survives a power cut. Known
+        directories are remembered, so a put into one costs no system call."""
+        if directory in self._dirs:
+            return
+        missing = []
+        probe = directory
+        while probe != self.root and not probe.is_dir():
+            missing.append(probe)
+            probe = probe.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:
+                continue  # made by a concurrent put
+            _fsync_dir(new.parent)
+        if len(self._dirs) < _DIR_CACHE:
+            self._dirs.add(directory)
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
