@@ -4,17 +4,19 @@ HTTPS uses, client certificates required when a CA is set, cleartext refused."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import select
 
 from dicomvault.archive import Archive
-from dicomvault.dimse import DimseServer
+from dicomvault.dimse import DimseServer, registry
 from dicomvault.index.schema import instances
 from dicomvault.synthetic import instance_bytes, uid
 from tests.dimse.conftest import running_node
-from tests.support.dcmtk import dcmtk
+from tests.support.dcmtk import dcmtk, storescp
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -67,3 +69,27 @@ def test_cleartext_and_anonymous_clients_are_refused(tls_node: DimseServer, pki:
     # The node keeps serving those who present a certificate.
     done = dcmtk("echoscu", *_client(pki), "-aec", "DICOMVAULT", "127.0.0.1", tls_node.tls_port)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_c_move_to_a_destination_over_dicom_tls(
+    archive: Archive, tls_node: DimseServer, pki: Path, tmp_path: Path
+) -> None:
+    # (dcmtk's movescu has no TLS: the request comes in cleartext, to another port.)
+    """The archive reaches a known AE registered with --tls over DICOM TLS, verifying its
+    certificate against the CA and presenting its own (storescp requires one)."""
+    sop = uid("tls/move/1")
+    data = instance_bytes(
+        study_uid=uid("tls/move"), series_uid=uid("tls/move/s"), sop_uid=sop, size=8
+    )
+    archive.ingestor.ingest(BytesIO(data))
+    options = ["+tls", str(pki / "server.key"), str(pki / "server.pem"),
+               "+cf", str(pki / "ca.pem"), "-rc"]  # fmt: skip
+    with storescp(tmp_path / "dest", "SECURE_PACS", tls=options) as port:
+        registry.add(archive.db, registry.KnownAE("SECURE_PACS", "127.0.0.1", port, tls=True))
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid('tls/move')}"]
+        with running_node(archive) as plain:
+            done = dcmtk("movescu", "-S", "-aec", "DICOMVAULT", "-aem", "SECURE_PACS",
+                         *keys, "127.0.0.1", plain.port)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    [received] = list((tmp_path / "dest").iterdir())
+    assert dcmread(received).SOPInstanceUID == sop

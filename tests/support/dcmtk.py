@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,22 +34,49 @@ def dcmtk(tool: str, *args: str | Path, timeout: float = 60) -> subprocess.Compl
 
 
 @contextmanager
-def storescp(out: Path, ae_title: str = "DEST", *, port: int | None = None) -> Iterator[int]:
-    """A dcmtk storescp writing what it receives, bit for bit, under `out`; its port."""
+def storescp(
+    out: Path, ae_title: str = "DEST", *, port: int | None = None, tls: list[str] | None = None
+) -> Iterator[int]:
+    """A dcmtk storescp writing what it receives, bit for bit, under `out`; its port.
+    `tls`: storescp's TLS options (it then speaks DICOM TLS only)."""
     out.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     process = subprocess.Popen(
-        ["/usr/bin/storescp", "-aet", ae_title, "+xa", "+B", "-od", str(out), str(port)],
+        [
+            "/usr/bin/storescp",
+            "-aet",
+            ae_title,
+            "+xa",
+            "+B",
+            "-od",
+            str(out),
+            *(tls or []),
+            str(port),
+        ],
         env=TOOLS,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_listening(port, ae_title)
+        if tls:
+            _wait_port(port)  # no DICOM probe in cleartext on a TLS port
+        else:
+            _wait_listening(port, ae_title)
         yield port
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
 
 
 def _wait_listening(port: int, ae_title: str, timeout: float = 10) -> None:
