@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -232,3 +233,30 @@ def test_truncated_dataset_is_refused_and_nothing_stored(
     assert refused.ErrorComment
     with archive.db.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM objects").scalar() == 0
+
+
+def test_store_audit_records_per_study_and_association(
+    dimse: DimseServer, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomvault.access import audit
+    from dicomvault.dimse import auditing
+
+    monkeypatch.setattr(auditing, "FLUSH_EVERY", 3)  # a long association, in small
+    for number in range(7):
+        sop = uid(f"audit/{number}")
+        data = to_bytes(dataset(study_uid=uid("audit/st"), series_uid=uid("audit/se"),
+                                sop_uid=sop, instance_number=number, size=8))  # fmt: skip
+        (tmp_path / f"{number}.dcm").write_bytes(data)
+    done = dcmtk("storescu", "-aet", "RAJ_MR1", "-aec", "DICOMVAULT", "+sd", "127.0.0.1",
+                 dimse.port, tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = audit.search(archive.db, action="store", study_uid=uid("audit/st"))
+        if sum(r["detail"]["instances"] for r in records) == 7:
+            break
+        time.sleep(0.05)
+    assert [r["detail"]["instances"] for r in records] == [3, 3, 1]
+    assert {(r["actor"], r["door"], r["patient_id"]) for r in records} == {
+        ("RAJ_MR1", "dimse", "PAT001")
+    }

@@ -5,8 +5,10 @@
 - A C-FIND is one `query` record; a C-MOVE or C-GET one `retrieve` record per study.
 - C-STOREs are tallied per association and written when it ends, one `store` record
   per study with the number of instances (as DICOM audit messages describe "DICOM
-  Instances Transferred": per study and association). A modality sending a thousand
-  instances makes one record, not a thousand hash-chained appends on its hot path.
+  Instances Transferred": per study and association), and every `FLUSH_EVERY`
+  instances of a study for a long association, so a crash loses at most that many.
+  A modality sending a thousand instances makes a few records, not a thousand
+  hash-chained appends on its hot path.
 
 Writing a record never breaks the operation it describes: a failure is logged.
 """
@@ -30,6 +32,7 @@ __all__ = ["DimseAudit"]
 log = logging.getLogger(__name__)
 
 DOOR = "dimse"
+FLUSH_EVERY = 500  # C-STOREs of one study after which a long association's record is written
 
 
 @dataclass
@@ -132,6 +135,11 @@ class DimseAudit:
                 tally.stored += 1
             else:
                 tally.failed += 1
+            full = tally.stored + tally.failed >= FLUSH_EVERY
+            if full:
+                del entry[1][key]
+        if full:  # a long association: record what it stored so far
+            self._write_stores(peer, {key: tally})
 
     def association_ended(self, assoc: Any) -> None:
         """Write the store records of an association that has ended."""
@@ -140,6 +148,9 @@ class DimseAudit:
         if entry is None:
             return
         peer, tallies = entry
+        self._write_stores(peer, tallies)
+
+    def _write_stores(self, peer: Peer, tallies: dict[str, _Tally]) -> None:
         try:
             owners = study_owners(self.auditor.db, [uid for uid in tallies if uid])
         except Exception:  # noqa: BLE001 - the records are written without the patients
