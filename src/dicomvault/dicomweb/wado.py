@@ -28,6 +28,7 @@ from dicomvault.retrieve import (
     find_instances,
     headers_json,
     instance_bytes,
+    read_ahead,
     transcode,
 )
 from dicomvault.storage import ObjectStore
@@ -59,6 +60,10 @@ def negotiate_transfer_syntax(accept: str | None) -> str:
 def _bodies(
     store: ObjectStore, found: list[StoredInstance], syntax: str
 ) -> Iterator[tuple[str, Iterable[bytes]]]:
+    if all(syntax in (ANY_SYNTAX, instance.transfer_syntax) for instance in found):
+        for instance, body in zip(found, read_ahead(store, found), strict=True):
+            yield f"application/dicom; transfer-syntax={instance.transfer_syntax}", body
+        return
     for instance in found:
         if syntax in (ANY_SYNTAX, instance.transfer_syntax):
             yield (
