@@ -59,3 +59,24 @@ def collect(_archive: Archive, event: dict[str, Any]) -> None:
         raise jobs.PermanentFailure(f"refusing {sop}")
     with _lock:
         seen_events.append(event)
+
+
+batches: list[list[str]] = []  # SOP UIDs of each successful batch of test.batcher
+singles: list[str] = []  # SOP UIDs test.batcher handled one by one
+
+
+def _take_many(_archive: Archive, events: list[dict[str, Any]]) -> None:
+    sops = [e["sop_uid"] or "" for e in events]
+    if any(sop.endswith(".666") for sop in sops):
+        raise RuntimeError("a bad event in the batch")
+    with _lock:
+        batches.append(sops)
+
+
+@jobs.on_event("instance.*", name="test.batcher", batch=_take_many)
+def take_one(_archive: Archive, event: dict[str, Any]) -> None:
+    sop = event["sop_uid"] or ""
+    if sop.endswith(".666"):
+        raise jobs.PermanentFailure(f"refusing {sop}")
+    with _lock:
+        singles.append(sop)

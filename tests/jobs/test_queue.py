@@ -154,3 +154,24 @@ def test_subscribers_see_events_in_order_and_a_failing_one_goes_dead(
     sample_handlers.seen_events.clear()
     _drain(Worker(job_archive))
     assert sample_handlers.seen_events == []
+
+
+def test_a_batch_subscriber_takes_events_together_and_one_by_one_around_a_bad_one(
+    job_archive: Archive,
+) -> None:
+    sample_handlers.batches.clear()
+    sample_handlers.singles.clear()
+    good = [uid(f"batch/{n}") for n in range(4)]
+    for n, sop in enumerate(good[:2]):
+        _ingest(job_archive, sop, n + 1)
+    _drain(Worker(job_archive))
+    assert sample_handlers.batches == [good[:2]]  # one call for both
+    bad = uid("batch/bad")[:50] + ".666"
+    for n, sop in enumerate([good[2], bad, good[3]]):
+        _ingest(job_archive, sop, n + 3)
+    _drain(Worker(job_archive))
+    handled = [s for b in sample_handlers.batches for s in b] + sample_handlers.singles
+    assert sorted(handled) == sorted(good)  # each good event exactly once
+    assert good[2] in sample_handlers.singles  # its batch failed: taken one by one
+    dead = queue.list_jobs(job_archive.db, state="dead", kind="event:test.batcher")
+    assert [j.payload["event"]["sop_uid"] for j in dead] == [bad]

@@ -73,11 +73,17 @@ class PermanentFailure(Exception):
     """Raised by a handler: retrying cannot help; the job goes to the dead letter at once."""
 
 
+Reactions = Callable[["Archive", list[dict[str, Any]]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Subscriber:
     name: str
     kind: str  # an event kind, or a pattern such as "instance.*"
     react: Reaction
+    # Optional: the same reaction for many events at once (one transaction for a batch
+    # instead of one per event); a failing batch is retried event by event with `react`.
+    react_many: Reactions | None = None
 
     def wants(self, event_kind: str) -> bool:
         return fnmatchcase(event_kind, self.kind)
@@ -108,21 +114,24 @@ def handler(kind: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def on_event(kind: str, *, name: str) -> Callable[[Reaction], Reaction]:
+def on_event(
+    kind: str, *, name: str, batch: Reactions | None = None
+) -> Callable[[Reaction], Reaction]:
     """Register `react(archive, event)` to run at least once for every event of `kind`.
 
     Events reach one subscriber in `seq` order, one at a time (a cursor per `name`);
     `kind` may be a pattern (`instance.*`). It must be idempotent. A reaction that
     keeps failing holds its subscriber back (with backoff) until its attempts run
     out; then the event goes to the dead letter as a job `event:<name>` and the
-    subscriber moves on.
+    subscriber moves on. With `batch`, the events of a batch go to `batch(archive,
+    events)` in one call first (it must have the same effect as `react` on each).
     """
 
     def register(react: Reaction) -> Reaction:
         existing = _subscribers.get(name)
         if existing is not None and existing.react is not react:
             raise ValueError(f"event subscriber {name!r} is already registered")
-        _subscribers[name] = Subscriber(name=name, kind=kind, react=react)
+        _subscribers[name] = Subscriber(name=name, kind=kind, react=react, react_many=batch)
         return react
 
     return register

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicomvault.index.eventlog import events_after
 from dicomvault.jobs import cursors, queue
@@ -231,7 +231,12 @@ class Worker:
                 # once per event: reactions are idempotent, so a batch cut short by a crash
                 # is simply seen again, and a busy archive saves a write per event.
                 done = seq
-                for event in events_after(db, seq, _EVENT_BATCH):
+                batch = events_after(db, seq, _EVENT_BATCH)
+                whole = subscriber.react_many is not None and attempts == 0
+                if batch and whole and self._react_many(subscriber, batch):
+                    cursors.advance(db, subscriber.name, self.name, int(batch[-1]["seq"]))
+                    return True
+                for event in batch:
                     if self._stop.is_set():
                         break
                     if subscriber.wants(event["kind"]):
@@ -247,6 +252,21 @@ class Worker:
                     cursors.advance(db, subscriber.name, self.name, done)
         finally:
             cursors.release(db, subscriber.name, self.name)
+        return True
+
+    def _react_many(self, subscriber: Subscriber, batch: list[dict[str, Any]]) -> bool:
+        """The batch reaction of `subscriber` on the events it wants; False (the events
+        are then taken one by one) when it fails."""
+        assert subscriber.react_many is not None
+        wanted = [event for event in batch if subscriber.wants(event["kind"])]
+        if not wanted:
+            return True
+        try:
+            subscriber.react_many(self.archive, wanted)
+        except Exception as exc:  # noqa: BLE001 (retried event by event)
+            log.info("%s: batch of %d events failed, one by one: %s", subscriber.name,
+                     len(wanted), exc)  # fmt: skip
+            return False
         return True
 
     def _event_failed(

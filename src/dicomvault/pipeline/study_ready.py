@@ -27,36 +27,45 @@ if TYPE_CHECKING:
     from dicomvault.archive import Archive
     from dicomvault.config import Settings
 
-__all__ = ["READY", "UPDATED", "record_change", "tell_ready"]
+__all__ = ["READY", "UPDATED", "record_change", "record_changes", "tell_ready"]
 
 READY = "study.ready"
 UPDATED = "study.updated"
 _BATCH = 500
 
 
-@jobs.on_event("instance.*", name="study-ready")
-def record_change(archive: Archive, event: dict[str, Any]) -> None:
-    """Note that the event's study changed; idempotent (a seq already seen changes nothing)."""
-    seq = int(event["seq"])
+def record_changes(archive: Archive, events: list[dict[str, Any]]) -> None:
+    """Note that the events' studies changed, in one transaction (a busy modality sends
+    hundreds of instances of a study: one row to touch, not hundreds)."""
+    newest: dict[str, int] = {}
+    for event in events:
+        newest[event["study_uid"]] = max(newest.get(event["study_uid"], 0), int(event["seq"]))
     # Measured from when the pipeline sees the instance (a poll after it was stored),
     # on the workers' clock, which also decides when it is due: never early, and
     # independent of the database's timestamp resolution (whole seconds on SQLite).
     at = now()
     due = at + timedelta(seconds=archive.settings.study_quiet_seconds)
     with archive.db.write() as conn:
-        conn.execute(
-            insert_ignore(conn, study_readiness, ["study_uid"]).values(
-                study_uid=event["study_uid"], last_seq=seq, last_change_at=at, due_at=due
+        for study_uid, seq in newest.items():
+            conn.execute(
+                insert_ignore(conn, study_readiness, ["study_uid"]).values(
+                    study_uid=study_uid, last_seq=seq, last_change_at=at, due_at=due
+                )
             )
-        )
-        conn.execute(
-            update(study_readiness)
-            .where(
-                study_readiness.c.study_uid == event["study_uid"],
-                study_readiness.c.last_seq < seq,
+            conn.execute(
+                update(study_readiness)
+                .where(
+                    study_readiness.c.study_uid == study_uid,
+                    study_readiness.c.last_seq < seq,
+                )
+                .values(last_seq=seq, last_change_at=at, due_at=due)
             )
-            .values(last_seq=seq, last_change_at=at, due_at=due)
-        )
+
+
+@jobs.on_event("instance.*", name="study-ready", batch=record_changes)
+def record_change(archive: Archive, event: dict[str, Any]) -> None:
+    """Note that the event's study changed; idempotent (a seq already seen changes nothing)."""
+    record_changes(archive, [event])
 
 
 def _every(settings: Settings) -> float:
