@@ -26,7 +26,7 @@ from dicomvault.dicomweb.pixel_media import (
     negotiate_rendered,
     part_content_type,
 )
-from dicomvault.dicomweb.ranges import content_range, requested_range
+from dicomvault.dicomweb.ranges import RangeNotSatisfiable, content_range, requested_range
 from dicomvault.frames import (
     PIXEL_DATA,
     ImageInstance,
@@ -120,7 +120,10 @@ async def retrieve_bulkdata(
         if choice.multipart:
             return await _multipart(part_type, image.native_pixel_data(), one_part=True)
         total = image.native_pixel_length
-        wanted = requested_range(request.headers.get("range"), total)
+        try:
+            wanted = requested_range(request.headers.get("range"), total)
+        except RangeNotSatisfiable as exc:
+            return exc.response()
         sliced = image.native_pixel_slice(*wanted) if wanted is not None else None
         if wanted is not None and sliced is not None:
             return StreamingResponse(
@@ -138,7 +141,10 @@ async def retrieve_bulkdata(
     value = await run_in_threadpool(element_value, archive.store, stored, path)
     if multipart:
         return await _multipart(OCTET_STREAM, iter((value,)), one_part=False)
-    wanted = requested_range(request.headers.get("range"), len(value))
+    try:
+        wanted = requested_range(request.headers.get("range"), len(value))
+    except RangeNotSatisfiable as exc:
+        return exc.response()
     if wanted is not None:
         start, end = wanted
         return Response(

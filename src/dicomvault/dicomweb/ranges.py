@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 
-from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 
-__all__ = ["content_range", "requested_range"]
+__all__ = ["RangeNotSatisfiable", "content_range", "requested_range"]
 
 _SPEC = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def requested_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """[start, end) of `total` bytes that `header` asks for; None: send everything."""
+    """[start, end) of `total` bytes that `header` asks for; None: send everything.
+    RangeNotSatisfiable when it lies wholly outside them."""
     if header is None:
         return None
     spec = header.strip().replace(" ", "")
@@ -45,13 +46,29 @@ def requested_range(header: str | None, total: int) -> tuple[int, int] | None:
     return start, end
 
 
+class RangeNotSatisfiable(Exception):
+    """The range asked for lies outside the value (416)."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"the range asked for is outside the {total} bytes of the value")
+        self.total = total
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(self)},
+            status_code=416,
+            headers={"Content-Range": f"bytes */{self.total}"},
+        )
+
+
 def content_range(start: int, end: int, total: int) -> dict[str, str]:
-    return {"Content-Range": f"bytes {start}-{end - 1}/{total}", "Accept-Ranges": "bytes"}
+    """The headers of a 206 answer carrying bytes [start, end) of `total`."""
+    return {
+        "Content-Range": f"bytes {start}-{end - 1}/{total}",
+        "Content-Length": str(end - start),
+        "Accept-Ranges": "bytes",
+    }
 
 
-def _unsatisfiable(total: int) -> HTTPException:
-    return HTTPException(
-        416,
-        f"the range is outside the {total} bytes",
-        headers={"Content-Range": f"bytes */{total}"},
-    )
+def _unsatisfiable(total: int) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(total)
