@@ -7,7 +7,6 @@ windowing formula.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from io import BytesIO
 
 import httpx
@@ -18,12 +17,10 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
-from sqlalchemy import select
 
 from dicomvault.archive import Archive
-from dicomvault.index.schema import objects
-from dicomvault.storage import LocalStore
 from dicomvault.synthetic import ct_image, dataset, to_bytes, uid
+from tests.support.tamper import rewrite_object
 
 STUDY = uid("pixels/study")
 SERIES = uid("pixels/series")
@@ -255,19 +252,6 @@ def test_bad_uid_in_a_frame_url_is_400(stored: dict[str, Dataset], server: str) 
     _error(httpx.get(url), 400)
 
 
-def _rewrite_object(archive: Archive, sop: str, change: Callable[[bytearray], None]) -> None:
-    """Change a stored object behind the archive's back, as a disk or a bucket would."""
-    with archive.db.read() as conn:
-        key = conn.execute(select(objects.c.key).where(objects.c.sop_uid == sop)).scalar_one()
-    data = bytearray(b"".join(archive.store.iter_bytes(key)))
-    change(data)
-    archive.store.delete(key)
-    if isinstance(archive.store, LocalStore):
-        (archive.store.root / key).write_bytes(bytes(data))
-    else:
-        archive.store.put(key, [bytes(data)])
-
-
 def test_native_frames_are_ranged_reads_checked_block_by_block(
     archive: Archive, server: str
 ) -> None:
@@ -286,7 +270,7 @@ def test_native_frames_are_ranged_reads_checked_block_by_block(
     def rename(data: bytearray) -> None:
         data[data.index(b"Doe^Jane")] ^= 0x20  # "doe^Jane": same length, different bytes
 
-    _rewrite_object(archive, _sop("big"), rename)
+    rewrite_object(archive, _sop("big"), rename)
     assert _parts(httpx.get(url + "/frames/4"))[0][1] == frames[3].tobytes()
     _error(httpx.get(url + "/frames/1"), 503)
     _error(
@@ -303,7 +287,7 @@ def test_a_changed_pixel_is_never_served(archive: Archive, server: str) -> None:
     def flip_last_pixel(data: bytearray) -> None:
         data[-1] ^= 0xFF
 
-    _rewrite_object(archive, _sop("rot"), flip_last_pixel)
+    rewrite_object(archive, _sop("rot"), flip_last_pixel)
     _error(httpx.get(url + "/frames/4"), 503)
     assert _parts(httpx.get(url + "/frames/1"))[0][1] == ct_image(512, 6, 4)[0].tobytes()
 
