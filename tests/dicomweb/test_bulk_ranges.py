@@ -115,6 +115,8 @@ def test_several_ranges_or_a_multipart_answer_get_everything(
     url = _url(server, "big")
     several = _get(url, "bytes=0-1,10-11")
     assert (several.status_code, several.content) == (200, pixels["big"])
+    conditional = _get(url, "bytes=0-1", {**OCTETS, "If-Range": '"some-etag"'})
+    assert (conditional.status_code, conditional.content) == (200, pixels["big"])
     multipart = _get(
         url, "bytes=0-1", {"Accept": 'multipart/related; type="application/octet-stream"'}
     )

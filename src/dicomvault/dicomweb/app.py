@@ -64,7 +64,13 @@ def create_app(archive: Archive) -> FastAPI:
             allow_origins=archive.settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["Warning", "Content-Type", "Content-Length"],
+            expose_headers=[
+                "Warning",
+                "Content-Type",
+                "Content-Length",
+                "Content-Range",
+                "Accept-Ranges",
+            ],
         )
 
     @app.exception_handler(DicomVaultError)

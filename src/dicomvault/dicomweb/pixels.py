@@ -121,7 +121,7 @@ async def retrieve_bulkdata(
             return await _multipart(part_type, image.native_pixel_data(), one_part=True)
         total = image.native_pixel_length
         try:
-            wanted = requested_range(request.headers.get("range"), total)
+            wanted = requested_range(_range_header(request), total)
         except RangeNotSatisfiable as exc:
             return exc.response()
         sliced = image.native_pixel_slice(*wanted) if wanted is not None else None
@@ -142,7 +142,7 @@ async def retrieve_bulkdata(
     if multipart:
         return await _multipart(OCTET_STREAM, iter((value,)), one_part=False)
     try:
-        wanted = requested_range(request.headers.get("range"), len(value))
+        wanted = requested_range(_range_header(request), len(value))
     except RangeNotSatisfiable as exc:
         return exc.response()
     if wanted is not None:
@@ -154,6 +154,14 @@ async def retrieve_bulkdata(
             headers=content_range(start, end, len(value)),
         )
     return Response(value, media_type=OCTET_STREAM, headers={"Accept-Ranges": "bytes"})
+
+
+def _range_header(request: Request) -> str | None:
+    """The Range to honour. With If-Range the client holds a validator we never gave
+    (no ETag or Last-Modified here), so it cannot match: the whole value is sent."""
+    if "if-range" in request.headers:
+        return None
+    return request.headers.get("range")
 
 
 def _render_options(request: Request, viewport: Viewport | None = None) -> RenderOptions:
