@@ -28,6 +28,7 @@ from dicomvault.archive import Archive
 from dicomvault.dimse.auditing import DimseAudit
 from dicomvault.dimse.connections import peer_of
 from dicomvault.dimse.policy import authorize, readable
+from dicomvault.dimse.sop import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from dicomvault.dimse.store import NOT_AUTHORIZED, status
 from dicomvault.errors import InvalidQuery
 from dicomvault.model.levels import Level
@@ -44,8 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 PENDING = 0xFF00
 CANCEL = 0xFE00
 IDENTIFIER_DOES_NOT_MATCH = 0xA900

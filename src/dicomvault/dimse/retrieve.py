@@ -45,7 +45,7 @@ from dicomvault.dimse.outbound import (
     proposed_contexts,
 )
 from dicomvault.dimse.policy import Peer, authorize, readable
-from dicomvault.dimse.sop import VERIFICATION
+from dicomvault.dimse.sop import PATIENT_ROOT_GET, PATIENT_ROOT_MOVE, VERIFICATION
 from dicomvault.dimse.store import NOT_AUTHORIZED, status
 from dicomvault.errors import InvalidQuery
 from dicomvault.model.levels import Level
@@ -63,7 +63,7 @@ IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 OUT_OF_RESOURCES = 0xA700
 MAX_SUBOPERATIONS = 65535  # the sub-operation counts are US
-_PATIENT_ROOT = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3")
+_PATIENT_ROOT = (PATIENT_ROOT_MOVE, PATIENT_ROOT_GET)
 _UNIQUE_KEYS = {
     Level.PATIENT: "PatientID",
     Level.STUDY: "StudyInstanceUID",
@@ -132,8 +132,6 @@ class _Plan:
 
 class _Retrieve:
     """What C-MOVE and C-GET share: who may, which instances, how each is sent."""
-
-    action_name = "retrieve"
 
     def __init__(self, archive: Archive, audit: DimseAudit) -> None:
         self.archive = archive
