@@ -8,17 +8,24 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.support.postgres import TempPostgres, find_bin
 
 from benchmarks import data, measure
 from benchmarks.backends import BACKENDS, backend_env
 from benchmarks.cstore import STORESCU, storescu
 from benchmarks.report import Figures, print_table
-from benchmarks.servers import Server, dicomvault_server, orthanc_available, orthanc_server
+from benchmarks.servers import (
+    Server,
+    dicomvault_server,
+    orthanc_available,
+    orthanc_postgres_available,
+    orthanc_server,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,8 +74,28 @@ def _servers(args: argparse.Namespace) -> list[tuple[str, Factory]]:
         missing = orthanc_available()
         if missing:
             raise SystemExit(missing)
-        servers.append(("orthanc", orthanc_server))
+        postgres = args.backend == "postgres-s3" and orthanc_postgres_available()
+        servers.append(("orthanc", lambda: _orthanc(postgres)))
     return servers
+
+
+@contextmanager
+def _orthanc(postgres: bool) -> Iterator[Server]:
+    """A fresh Orthanc; with `postgres`, its index in a fresh durable PostgreSQL of its own
+    (as dicomvault's in the postgres-s3 pair), else in its default SQLite."""
+    if not postgres:
+        with orthanc_server() as server:
+            yield server
+        return
+    bindir = find_bin()
+    assert bindir is not None  # the postgres-s3 pair found it already
+    database = TempPostgres(bindir, durable=True)
+    database.start()
+    try:
+        with orthanc_server(postgres_port=database.port) as server:
+            yield server
+    finally:
+        database.stop()
 
 
 class _dicomvault(AbstractContextManager[Server]):
@@ -263,7 +290,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "backend": args.backend,
+        "orthanc_index": (
+            "postgresql"
+            if args.backend == "postgres-s3" and orthanc_postgres_available()
+            else "sqlite"
+        ),
     }
+    if args.backend == "postgres-s3" and not orthanc_postgres_available():
+        print(
+            "Orthanc's PostgreSQL plugin is not installed: Orthanc keeps its default SQLite "
+            "index in this run (apt-get install orthanc-postgresql to compare like with like)"
+        )
     if not parts or "disk" in parts:
         disk = measure.disk_speed(data.CACHE.parent, 256 if args.quick else 2048)
         report["disk"] = disk

@@ -22,11 +22,18 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Server", "dicomvault_server", "orthanc_available", "orthanc_server"]
+__all__ = [
+    "Server",
+    "dicomvault_server",
+    "orthanc_available",
+    "orthanc_postgres_available",
+    "orthanc_server",
+]
 
 ORTHANC = os.environ.get("ORTHANC_BIN", "/usr/sbin/Orthanc")
 DICOMVAULT = str(Path(sys.executable).with_name("dicomvault"))  # this environment's command
 ORTHANC_PLUGINS = os.environ.get("ORTHANC_PLUGINS", "/usr/share/orthanc/plugins")
+PG_INDEX_PLUGIN = "libOrthancPostgreSQLIndex.so"
 
 
 @dataclass
@@ -118,12 +125,19 @@ def orthanc_available() -> str | None:
     return None
 
 
+def orthanc_postgres_available() -> bool:
+    """Whether Orthanc's PostgreSQL index plugin (Debian `orthanc-postgresql`) is installed."""
+    return Path(ORTHANC_PLUGINS, PG_INDEX_PLUGIN).exists()
+
+
 @contextmanager
-def orthanc_server() -> Iterator[Server]:
-    """Orthanc with default SQLite + disk storage in a temp dir, DICOMweb enabled."""
+def orthanc_server(postgres_port: int | None = None) -> Iterator[Server]:
+    """Orthanc with disk storage in a temp dir, DICOMweb enabled; its index in SQLite (its
+    default) or, given `postgres_port`, in that PostgreSQL through its index plugin."""
     work = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
     port, dicom_port = free_port(), free_port()
-    config = {
+    plugins = [str(Path(ORTHANC_PLUGINS, "libOrthancDicomWeb.so"))]
+    config: dict[str, object] = {
         "Name": "bench",
         "StorageDirectory": str(work / "storage"),
         "IndexDirectory": str(work / "storage"),
@@ -132,9 +146,21 @@ def orthanc_server() -> Iterator[Server]:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "StorageCompression": False,
-        "Plugins": [str(Path(ORTHANC_PLUGINS, "libOrthancDicomWeb.so"))],
+        "Plugins": plugins,
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
+    if postgres_port is not None:
+        plugins.append(str(Path(ORTHANC_PLUGINS, PG_INDEX_PLUGIN)))
+        config["PostgreSQL"] = {
+            "EnableIndex": True,
+            "EnableStorage": False,  # files on disk, as Orthanc is usually deployed
+            "Host": "127.0.0.1",
+            "Port": postgres_port,
+            "Database": "postgres",
+            "Username": "postgres",
+            "Password": "",
+            "Lock": False,
+        }
     (work / "orthanc.json").write_text(json.dumps(config))
     log = work / "orthanc.log"
     with open(log, "wb") as out:

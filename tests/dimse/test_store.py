@@ -9,9 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -21,6 +24,7 @@ from pynetdicom import AE
 
 from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer
+from dicomvault.dimse.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta
 from dicomvault.synthetic import dataset, to_bytes, uid
 from tests.support.dcmtk import dcmtk
 from tests.support.dicom_files import parse_multipart
@@ -29,6 +33,25 @@ from tests.support.live import running_server
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_file_meta_is_what_pydicom_writes() -> None:
+    """The directly encoded file meta group is byte for byte pydicom's, odd and even UIDs."""
+    cases = [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian),
+        (MR_IMAGE, "1.2.3.45", ImplicitVRLittleEndian),
+        (SECONDARY_CAPTURE, uid("dimse/meta/odd"), JPEG2000Lossless),
+    ]
+    for sop_class, sop_instance, syntax in cases:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = UID(sop_class)
+        meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+        meta.TransferSyntaxUID = UID(syntax)
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+        expected = BytesIO()
+        write_file_meta_info(expected, meta, enforce_standard=True)  # type: ignore[arg-type]
+        assert file_meta(sop_class, sop_instance, syntax) == expected.getvalue()
 
 
 def _dataset_bytes(part10: bytes) -> bytes:

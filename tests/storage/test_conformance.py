@@ -226,3 +226,22 @@ def test_local_store_recreates_a_directory_removed_behind_its_back(tmp_path: Pat
     (tmp_path / "objects/instances/ab/cd").rmdir()  # an operator tidying up
     store.put("instances/ab/cd/second.dcm", [b"two"])
     assert b"".join(store.iter_bytes("instances/ab/cd/second.dcm")) == b"two"
+
+
+def test_local_store_creates_its_fanout_once_and_puts_make_no_directory(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    store.prepare()
+    instances = tmp_path / "objects" / "instances"
+    fanout = sorted(p.name for p in instances.iterdir())
+    assert len(fanout) == 4096
+    assert (fanout[0], fanout[-1]) == ("000", "fff")
+    keys = [new_key() for _ in range(200)]
+    for key in keys:
+        assert key.split("/")[1] in fanout
+        store.put(key, [b"x"])
+    after = sorted(p.name for p in instances.iterdir())
+    assert after == fanout  # every object went into a directory made beforehand
+    # A store opened later (another process) finds the fan-out made and reads back.
+    again = LocalStore(tmp_path / "objects")
+    again.put(new_key(), [b"y"])
+    assert sum(1 for _ in again.list("instances/")) == 201

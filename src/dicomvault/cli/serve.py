@@ -19,17 +19,22 @@ from dicomvault.config import Settings
 __all__ = ["serve"]
 
 
-def refuse_if_insecure(settings: Settings, *, dicom: bool = False) -> None:
-    """Secure defaults: exit 2 with the reason instead of serving patient data openly.
-    Also brings the index schema up to date, once, before any server process starts."""
+def prepare_to_serve(settings: Settings, *, dicom: bool = False) -> None:
+    """What is done once, before any server process starts: the index schema brought up
+    to date, the secure-defaults check (exit 2 with the reason instead of serving patient
+    data openly), a store on disk prepared."""
     from dicomvault.access.startup import InsecureConfiguration, check_secure_defaults
     from dicomvault.index import migrate
     from dicomvault.index.db import Database
+    from dicomvault.storage import LocalStore, open_store
 
     db = Database(settings.effective_database_url)
     try:
         migrate.upgrade(db)
         check_secure_defaults(settings, db, dicom=dicom)
+        store = open_store(settings)
+        if isinstance(store, LocalStore):
+            store.prepare()
     except InsecureConfiguration as exc:
         err_console.print(f"dicomvault: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(2) from exc
@@ -80,7 +85,7 @@ def serve(
     if settings.serve_processes > 1 and settings.http_port == 0:
         err_console.print("dicomvault: several processes need a fixed HTTP port, not 0")
         raise typer.Exit(2)
-    refuse_if_insecure(settings, dicom=dicom)
+    prepare_to_serve(settings, dicom=dicom)
     masked = settings.masked()
     console.print(f"dicomvault: index {masked['database_url']}, objects {masked['storage_url']}")
     scheme = "https" if settings.tls_cert_file else "http"

@@ -21,10 +21,12 @@ from dicomvault.errors import ChecksumMismatch
 
 __all__ = [
     "CHUNK_SIZE",
+    "KEY_PREFIX",
     "HashingReader",
     "ObjectInfo",
     "ObjectStore",
     "PutResult",
+    "fanout_dirs",
     "new_key",
     "read_range_verified",
     "verified",
@@ -81,10 +83,26 @@ class ObjectStore(Protocol):
         ...
 
 
-def new_key(prefix: str = "instances") -> str:
-    """A fresh, unique, never-reused key, fanned out over two directory levels."""
+KEY_PREFIX = "instances"
+# One level of 4,096 directories: about 2,500 objects in each at ten million instances,
+# and few enough that a store on disk creates them all at once (see `fanout_dirs`).
+_FANOUT_DIGITS = 3
+
+
+def new_key(prefix: str = KEY_PREFIX) -> str:
+    """A fresh, unique, never-reused key, in one of the `fanout_dirs` of `prefix`."""
     token = secrets.token_hex(16)
-    return f"{prefix}/{token[:2]}/{token[2:4]}/{token}.dcm"
+    return f"{prefix}/{token[:_FANOUT_DIGITS]}/{token}.dcm"
+
+
+def fanout_dirs(prefix: str = KEY_PREFIX) -> list[str]:
+    """Every directory `new_key` may put an object in.
+
+    A store on disk creates them before its first object: making a directory durable
+    costs an fsync of its parent, which a fresh archive would otherwise pay on almost
+    every object of its first ten thousand.
+    """
+    return [f"{prefix}/{n:0{_FANOUT_DIGITS}x}" for n in range(16**_FANOUT_DIGITS)]
 
 
 class HashingReader:

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomvault.errors import ObjectNotFound, StorageError
-from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult
+from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult, fanout_dirs
 
 __all__ = ["LocalStore"]
 
 _TMP = ".tmp"
-_DIR_CACHE = 70_000  # more than the 65,536 fan-out directories of new_key()
+_DIR_CACHE = 70_000  # the fan-out directories, and those of keys from older layouts
 
 
 class LocalStore:
@@ -26,6 +26,7 @@ class LocalStore:
         self.url = self.root.as_uri()
         (self.root / _TMP).mkdir(parents=True, exist_ok=True)
         self._dirs: set[Path] = set()  # directories known to exist (see _ensure_dir)
+        self._fanout_ready = False
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith(("/", _TMP)) or ".." in key.split("/"):
@@ -37,6 +38,8 @@ class LocalStore:
         tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         reader = HashingReader(chunks)
         try:
+            if not self._fanout_ready:
+                self.prepare()
             self._ensure_dir(final.parent)
             with open(tmp, "xb") as out:
                 for chunk in reader:
@@ -59,6 +62,20 @@ class LocalStore:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
                 tmp.unlink(missing_ok=True)
         return reader.result(key)
+
+    def prepare(self) -> None:
+        """Create every fan-out directory of `new_key` at once (unless the last one is
+        there already): one fsync of their parent for all of them, instead of one per
+        directory on the first objects that land in each. `serve` calls it at start
+        (a tenth of a second, once per data directory); the first put otherwise."""
+        directories = [self.root / name for name in fanout_dirs()]
+        if not directories[-1].is_dir():
+            self._ensure_dir(directories[0].parent)
+            for directory in directories:
+                directory.mkdir(exist_ok=True)
+            _fsync_dir(directories[0].parent)
+        self._dirs.update(directories)
+        self._fanout_ready = True
 
     def _ensure_dir(self, directory: Path) -> None:
         """Create `directory` (and missing parents) durably: each new directory's entry is
