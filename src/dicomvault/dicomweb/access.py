@@ -112,21 +112,23 @@ async def guard(request: Request) -> None:
     archive: Archive = request.app.state.archive
     address = _address(request)
     try:
-        principal = await run_in_threadpool(
-            archive.authenticator.authenticate, request.headers.get("authorization"), address
-        )
+        # One trip to a worker thread for both steps: each trip costs a thread switch.
+        request.state.access = await run_in_threadpool(_admit, archive, request, need, address)
     except AuthenticationFailed as exc:
         await _refuse_login(archive.auditor, request, exc, address)
         raise HTTPException(401, str(exc), headers=_CHALLENGE) from exc
+
+
+def _admit(archive: Archive, request: Request, need: Any, address: str | None) -> AccessContext:
+    """Who is asking (AuthenticationFailed if nobody valid) and what they may do here."""
+    principal = archive.authenticator.authenticate(request.headers.get("authorization"), address)
     if need is None:
         # A route no rule names yet (added by a later feature): admins only, audited.
         need = Action.MANAGE
     if need == AUTHENTICATED:
-        request.state.access = AccessContext(principal, None, None)
-        return
+        return AccessContext(principal, None, None)
     assert isinstance(need, Action)
-    context = await run_in_threadpool(_authorize, archive.db, request, principal, need)
-    request.state.access = context
+    return _authorize(archive.db, request, principal, need)
 
 
 def _authorize(

@@ -11,7 +11,8 @@ stall lock a real modality out. `Guard` fixes that, from pynetdicom's events:
   timeout), the TLS handshake under that deadline, a cap on the PDU length checked
   from the PDU header before the body is read, and a per-address connection cap
   that drops the oldest not-yet-associated connection of that address, so a flood
-  from one address cannot take the slots a new connection needs;
+  from one address cannot take the slots a new connection needs; and waits that end
+  when there is work instead of pynetdicom's 1 ms polls (`prompt.make_prompt`);
 - on A-ASSOCIATE-RQ (EVT_REQUESTED): the association policy (known AEs only,
   calling host) and the limit of established associations, as an A-ASSOCIATE-RJ;
   the registry entry of the caller is looked up once and kept for the handlers.
@@ -32,6 +33,7 @@ from dicomvault.archive import Archive
 from dicomvault.dimse import registry
 from dicomvault.dimse.auditing import DimseAudit
 from dicomvault.dimse.policy import Peer, admit
+from dicomvault.dimse.prompt import make_prompt
 
 __all__ = ["Guard", "peer_of", "tune_socket"]
 
@@ -114,6 +116,7 @@ class Guard:
             _drop(assoc)
             return
         self._cap_pdus(assoc)
+        make_prompt(assoc)
         self._admit(assoc, str(event.address[0]))
 
     def _cap_pdus(self, assoc: Any) -> None:
