@@ -33,7 +33,21 @@ __all__ = [
 _ITEM_UNDEFINED = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
 _ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _SEQ_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 CONTENT_SEQUENCE = 0x0040A730  # sorts after the image attributes, before Pixel Data
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 

@@ -25,18 +25,16 @@ from typing import IO, Any
 
 import pydicom
 from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicomvault.errors import InvalidInstance
 from dicomvault.model.transfer_syntax import is_native
 from dicomvault.model.uids import require_uid
+from dicomvault.parsing.dicom_json import BULK_DATA_THRESHOLD, dataset_to_json, without_nul
 from dicomvault.parsing.layout import Layout
 
 __all__ = ["BULK_DATA_THRESHOLD", "Header", "dataset_to_json", "parse_header", "text"]
-
-BULK_DATA_THRESHOLD = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +66,7 @@ def text(value: Any) -> str | None:
 
 def _indexed(value: Any) -> str | None:
     """A value as an index column holds it: `text` without NUL characters (see module doc)."""
-    return _without_nul(text(value) or "") or None
-
-
-def _without_nul(value: str) -> str:
-    return value.rstrip("\0").replace("\0", "\ufffd")
+    return without_nul(text(value) or "") or None
 
 
 def _int(value: Any) -> int | None:
@@ -98,47 +92,6 @@ def _upper(value: str | None) -> str | None:
 
 def bulk_uri(study: str, series: str, sop: str, path: str) -> str:
     return f"studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
-
-
-def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, Any]:
-    """DICOM JSON (PS3.18 F) of `ds` with large binary values as BulkDataURIs.
-
-    The URI of a nested value names its path (`tag/item/tag`), so the bulkdata
-    route can find it again.
-    """
-    out: dict[str, Any] = {}
-    for elem in ds:
-        key = f"{elem.tag:08X}"
-        elem_path = f"{path}/{key}" if path else key
-        if elem.VR == "SQ":
-            items = [
-                dataset_to_json(item, uri_prefix, f"{elem_path}/{index}")
-                for index, item in enumerate(elem.value)
-            ]
-            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            continue
-
-        def handler(_elem: DataElement, _uri: str = f"{uri_prefix}{elem_path}") -> str:
-            return _uri
-
-        try:
-            out[key] = _storable(elem.to_json_dict(handler, BULK_DATA_THRESHOLD))
-        except Exception:  # noqa: BLE001 - a value pydicom cannot encode is skipped, not fatal
-            out[key] = {"vr": elem.VR}
-    return out
-
-
-def _storable(value: Any) -> Any:
-    """A JSON value every index backend stores and every client parses (see module doc)."""
-    if isinstance(value, str):
-        return _without_nul(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, list):
-        return [_storable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _storable(v) for k, v in value.items()}
-    return value
 
 
 def _native_pixel_bytes(ds: Dataset) -> int | None:
