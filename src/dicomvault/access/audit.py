@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, bindparam, select, text
 
 from dicomvault.access.tables import audit, audit_head
 from dicomvault.index.db import Database
@@ -147,10 +147,8 @@ def append(db: Database, event: AuditEvent) -> dict[str, Any]:
     """Add one record at the end of the chain, in its own transaction; return it."""
     with db.write() as conn:
         if not db.is_sqlite:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-        head = conn.execute(
-            select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID)
-        ).first()
+            conn.execute(_LOCK, {"key": _PG_LOCK_KEY})
+        head = conn.execute(_HEAD).first()
         seq, prev = (int(head.seq) + 1, head.hash) if head is not None else (1, GENESIS)
         row: dict[str, Any] = {
             "seq": seq,
@@ -167,16 +165,24 @@ def append(db: Database, event: AuditEvent) -> dict[str, Any]:
         }
         row["prev_hash"] = prev
         row["hash"] = _hash(prev, _content(row))
-        conn.execute(audit.insert().values(**row))
+        conn.execute(_INSERT, row)
         if head is None:
-            conn.execute(audit_head.insert().values(id=_HEAD_ID, seq=seq, hash=row["hash"]))
+            conn.execute(_INSERT_HEAD, {"id": _HEAD_ID, "seq": seq, "hash": row["hash"]})
         else:
-            conn.execute(
-                audit_head.update()
-                .where(audit_head.c.id == _HEAD_ID)
-                .values(seq=seq, hash=row["hash"])
-            )
+            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": row["hash"]})
     return row
+
+
+# The statements of `append`, built once: every access and change writes a record.
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID)
+_INSERT = audit.insert()
+_INSERT_HEAD = audit_head.insert()
+_MOVE_HEAD = (
+    audit_head.update()
+    .where(audit_head.c.id == _HEAD_ID)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
 
 
 def _rows(conn: Connection, batch: int = 1000) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, bindparam, func, select, text
 
 from dicomvault.index.db import Database
 from dicomvault.index.schema import events
@@ -38,19 +38,32 @@ def append_event(
 ) -> int:
     """Add one event inside the caller's transaction; returns its sequence number."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENT_LOCK})
-    seq = int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one()) + 1
-    conn.execute(
-        events.insert().values(
-            seq=seq,
-            kind=kind,
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_uid=sop_uid,
-            payload=payload,
-        )
+        conn.execute(_LOCK, {"key": _EVENT_LOCK})
+    values = {
+        "kind": kind,
+        "study_uid": study_uid,
+        "series_uid": series_uid,
+        "sop_uid": sop_uid,
+        "payload": payload,
+    }
+    return int(conn.execute(_APPEND, values).scalar_one())
+
+
+# Built once: numbering and inserting in one statement, whose building and cache
+# keying per call would cost as much as running it (it runs for every instance).
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_COLUMNS = ("kind", "study_uid", "series_uid", "sop_uid", "payload")
+_APPEND = (
+    events.insert()
+    .from_select(
+        ["seq", *_COLUMNS],
+        select(
+            func.coalesce(func.max(events.c.seq), 0) + 1,
+            *(bindparam(name, type_=events.c[name].type) for name in _COLUMNS),
+        ),
     )
-    return seq
+    .returning(events.c.seq)
+)
 
 
 def event_dict(row: Any) -> dict[str, Any]:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import IO, Any
 
 import pydicom
 from pydicom import config as pydicom_config
-from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
 from dicomvault.errors import InvalidInstance
@@ -94,15 +96,98 @@ def bulk_uri(study: str, series: str, sop: str, path: str) -> str:
     return f"studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
 
 
-def _native_pixel_bytes(ds: Dataset) -> int | None:
-    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
-    bits, spp = _int(ds.get("BitsAllocated")), _int(ds.get("SamplesPerPixel")) or 1
-    frames = _int(ds.get("NumberOfFrames")) or 1
+def _native_pixel_bytes(get: Getter) -> int | None:
+    rows, cols = _int(get("Rows")), _int(get("Columns"))
+    bits, spp = _int(get("BitsAllocated")), _int(get("SamplesPerPixel")) or 1
+    frames = _int(get("NumberOfFrames")) or 1
     if not rows or not cols or not bits:
         return None
     if bits == 1:
         return math.ceil(rows * cols * frames * spp / 8)
     return rows * cols * spp * frames * (bits // 8)
+
+
+Getter = Callable[[str], Any]
+
+
+def index_values(
+    get: Getter, layout: Layout, sop_class: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The patient, study, series and instance columns, from the attributes `get` reads.
+
+    `get` is `json_getter` of the header's JSON on ingest; a test passes pydicom's
+    `Dataset.get` to check both read the same values.
+    """
+    patient_name = _indexed(get("PatientName"))
+    referring = _indexed(get("ReferringPhysicianName"))
+    patient = {
+        "patient_id": _indexed(get("PatientID")) or "",
+        "issuer": _indexed(get("IssuerOfPatientID")) or "",
+        "patient_name": patient_name,
+        "patient_name_norm": _upper(patient_name),
+        "birth_date": _date(get("PatientBirthDate")),
+        "sex": _indexed(get("PatientSex")),
+    }
+    study = {
+        "study_date": _date(get("StudyDate")),
+        "study_time": _indexed(get("StudyTime")),
+        "accession_number": _indexed(get("AccessionNumber")),
+        "study_id": _indexed(get("StudyID")),
+        "referring_physician": referring,
+        "referring_physician_norm": _upper(referring),
+        "description": _indexed(get("StudyDescription")),
+    }
+    series = {
+        "modality": _indexed(get("Modality")),
+        "series_number": _int(get("SeriesNumber")),
+        "description": _indexed(get("SeriesDescription")),
+        "body_part": _indexed(get("BodyPartExamined")),
+        "series_date": _date(get("SeriesDate")),
+        "series_time": _indexed(get("SeriesTime")),
+        "performed_start_date": _date(get("PerformedProcedureStepStartDate")),
+        "performed_start_time": _indexed(get("PerformedProcedureStepStartTime")),
+    }
+    instance = {
+        "sop_class_uid": sop_class,
+        "instance_number": _int(get("InstanceNumber")),
+        "rows": _int(get("Rows")),
+        "columns": _int(get("Columns")),
+        "bits_allocated": _int(get("BitsAllocated")),
+        "number_of_frames": _int(get("NumberOfFrames")),
+        "transfer_syntax": layout.transfer_syntax,
+        "pixel_offset": layout.pixel_offset,
+        "pixel_length": layout.pixel_length,
+    }
+    return patient, study, series, instance
+
+
+@cache
+def _json_key(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+def json_getter(json_header: dict[str, Any]) -> Getter:
+    """Read a top-level attribute by keyword from DICOM JSON as pydicom's `get` gives it:
+    None when absent or empty, the value when one, a list when several, a person
+    name as its `=`-joined groups."""
+
+    def get(keyword: str) -> Any:
+        values = json_header.get(_json_key(keyword), {}).get("Value")
+        if not values:
+            return None
+        plain = [
+            "=".join(v[group] for group in _PN_GROUPS if group in v) if isinstance(v, dict) else v
+            for v in values
+        ]
+        return plain[0] if len(plain) == 1 else plain
+
+    return get
+
+
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 def parse_header(fp: IO[bytes], layout: Layout) -> Header:
@@ -136,12 +221,29 @@ def parse_header(fp: IO[bytes], layout: Layout) -> Header:
         raise InvalidInstance(
             "truncated or incomplete: Rows and Columns describe an image but there is no Pixel Data"
         )
+    try:
+        json_header = dataset_to_json(ds, bulk_uri(study_uid, series_uid, sop_uid, ""))
+    except RecursionError as exc:
+        raise InvalidInstance("sequences nested too deeply to convert") from exc
+    # Everything else is read from the JSON just made, not decoded by pydicom again.
+    get = json_getter(json_header)
+    if layout.has_pixel_data:
+        # Implicit VR files leave the dictionary's "OB or OW"; DICOM JSON needs one VR,
+        # the one pydicom resolves it to.
+        vr = layout.pixel_vr
+        if vr not in ("OB", "OW"):
+            vr = "OW" if (_int(get("BitsAllocated")) or 8) > 8 else "OB"
+        json_header["7FE00010"] = {
+            "vr": vr,
+            "BulkDataURI": bulk_uri(study_uid, series_uid, sop_uid, "7FE00010"),
+        }
+    json_header.pop("00020010", None)  # file meta is not part of the data set's JSON
     if (
         layout.has_pixel_data
         and layout.pixel_length is not None
         and is_native(layout.transfer_syntax)
     ):
-        expected = _native_pixel_bytes(ds)
+        expected = _native_pixel_bytes(get)
         if expected is not None and layout.pixel_length < expected:
             raise InvalidInstance(
                 f"native Pixel Data holds {layout.pixel_length} bytes, "
@@ -149,66 +251,15 @@ def parse_header(fp: IO[bytes], layout: Layout) -> Header:
                 "and NumberOfFrames"
             )
 
-    try:
-        json_header = dataset_to_json(ds, bulk_uri(study_uid, series_uid, sop_uid, ""))
-    except RecursionError as exc:
-        raise InvalidInstance("sequences nested too deeply to convert") from exc
-    if layout.has_pixel_data:
-        # Implicit VR files leave the dictionary's "OB or OW"; DICOM JSON needs one VR,
-        # the one pydicom resolves it to.
-        vr = layout.pixel_vr
-        if vr not in ("OB", "OW"):
-            vr = "OW" if (_int(ds.get("BitsAllocated")) or 8) > 8 else "OB"
-        json_header["7FE00010"] = {
-            "vr": vr,
-            "BulkDataURI": bulk_uri(study_uid, series_uid, sop_uid, "7FE00010"),
-        }
-    json_header.pop("00020010", None)  # file meta is not part of the data set's JSON
-
-    patient_name = _indexed(ds.get("PatientName"))
-    referring = _indexed(ds.get("ReferringPhysicianName"))
+    patient, study, series, instance = index_values(get, layout, sop_class)
     return Header(
         study_uid=study_uid,
         series_uid=series_uid,
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
-        patient={
-            "patient_id": _indexed(ds.get("PatientID")) or "",
-            "issuer": _indexed(ds.get("IssuerOfPatientID")) or "",
-            "patient_name": patient_name,
-            "patient_name_norm": _upper(patient_name),
-            "birth_date": _date(ds.get("PatientBirthDate")),
-            "sex": _indexed(ds.get("PatientSex")),
-        },
-        study={
-            "study_date": _date(ds.get("StudyDate")),
-            "study_time": _indexed(ds.get("StudyTime")),
-            "accession_number": _indexed(ds.get("AccessionNumber")),
-            "study_id": _indexed(ds.get("StudyID")),
-            "referring_physician": referring,
-            "referring_physician_norm": _upper(referring),
-            "description": _indexed(ds.get("StudyDescription")),
-        },
-        series={
-            "modality": _indexed(ds.get("Modality")),
-            "series_number": _int(ds.get("SeriesNumber")),
-            "description": _indexed(ds.get("SeriesDescription")),
-            "body_part": _indexed(ds.get("BodyPartExamined")),
-            "series_date": _date(ds.get("SeriesDate")),
-            "series_time": _indexed(ds.get("SeriesTime")),
-            "performed_start_date": _date(ds.get("PerformedProcedureStepStartDate")),
-            "performed_start_time": _indexed(ds.get("PerformedProcedureStepStartTime")),
-        },
-        instance={
-            "sop_class_uid": sop_class,
-            "instance_number": _int(ds.get("InstanceNumber")),
-            "rows": _int(ds.get("Rows")),
-            "columns": _int(ds.get("Columns")),
-            "bits_allocated": _int(ds.get("BitsAllocated")),
-            "number_of_frames": _int(ds.get("NumberOfFrames")),
-            "transfer_syntax": layout.transfer_syntax,
-            "pixel_offset": layout.pixel_offset,
-            "pixel_length": layout.pixel_length,
-        },
+        patient=patient,
+        study=study,
+        series=series,
+        instance=instance,
         json=json_header,
     )
