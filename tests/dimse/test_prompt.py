@@ -90,3 +90,39 @@ def test_the_reactor_poll_still_ends_without_a_message(monkeypatch: pytest.Monke
     finally:
         ours.close()
         peer.close()
+
+
+def test_requests_that_keep_coming_are_served_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After serving a request the association thread serves the next one that comes,
+    without going round pynetdicom's loop (and its 1 ms sleep); it goes back to the loop
+    when the loop is paused for a send by another thread, or the association ends."""
+    monkeypatch.setattr(prompt, "IDLE_WAIT", 0.2)
+    ours, peer = socket.socketpair()
+    try:
+        assoc = Association(AE(), "acceptor")
+        assoc.set_socket(AssociationSocket(assoc, client_socket=ours))
+        served: list[tuple[str, int]] = []
+        assoc._serve_request = lambda msg, context_id: served.append((msg, context_id))
+        prompt.make_prompt(assoc)
+        assoc.is_established = True
+        assoc._reactor_checkpoint.set()
+        messages = assoc.dimse.msg_queue
+        messages.put((3, "second"))
+        _later(lambda: messages.put((5, "third")), delay=0.05)
+        assoc._serve_request("first", 1)
+        assert served == [("first", 1), ("second", 3), ("third", 5)]
+
+        assoc._reactor_checkpoint.clear()  # another thread wants to send: back to the loop
+        messages.put((7, "for the loop"))
+        assoc._serve_request("fourth", 1)
+        assert served[-1] == ("fourth", 1)
+        assert messages.qsize() == 1
+
+        assoc._reactor_checkpoint.set()
+        assoc.is_established = False  # released: back to the loop
+        assoc._serve_request("fifth", 1)
+        assert served[-1] == ("fifth", 1)
+        assert messages.qsize() == 1
+    finally:
+        ours.close()
+        peer.close()

@@ -12,7 +12,14 @@ work, for one accepted association:
   a pipe that every primitive handed to it for sending writes to, for at most
   `IDLE_WAIT`; its own sleep between rounds becomes 0;
 - the association thread's look at its message queue waits up to `IDLE_WAIT` for a
-  message (the 1 ms sleep before it stays: pynetdicom's loop itself is not replaced).
+  message;
+- once it has served a request, the association thread takes the next message that
+  comes within `IDLE_WAIT` and serves it too, instead of going round pynetdicom's loop,
+  which sleeps 1 ms at the top of every round (its loop itself is not replaced). A
+  modality streaming instances on one association pays that sleep once per pause, not
+  once per instance (1.1 ms of about 5 measured). It goes back to the loop when no
+  message comes, when the association is ending, and when another thread pauses the
+  loop to send on the association itself (pynetdicom's reactor checkpoint).
 
 An idle association still wakes every `IDLE_WAIT` to check its timers and whether the
 peer released, as before. Only attributes of the association's own objects change,
@@ -78,10 +85,20 @@ def make_prompt(assoc: Any) -> None:
             os.read(wake_read, 4096)
         return bool(transport_event())
 
+    serve = assoc._serve_request
+
+    def serve_while_busy(msg: Any, context_id: int) -> None:
+        while msg is not None:
+            serve(msg, context_id)
+            if assoc._kill or not assoc.is_established or not assoc._reactor_checkpoint.is_set():
+                return
+            context_id, msg = assoc.dimse.get_msg(block=False)  # waits up to IDLE_WAIT
+
     dul.send_pdu = send_and_wake
     dul._is_transport_event = wait_for_transport_event
     dul._run_loop_delay = 0
     assoc.dimse.msg_queue = _PromptQueue()
+    assoc._serve_request = serve_while_busy
 
 
 def _close(*fds: int) -> None:
