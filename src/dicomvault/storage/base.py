@@ -106,23 +106,46 @@ def fanout_dirs(prefix: str = KEY_PREFIX) -> list[str]:
 
 
 class HashingReader:
-    """Wraps a chunk iterable, counting and hashing what passes through (whole and per block)."""
+    """Wraps a chunk iterable, counting and hashing what passes through (whole and per block).
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    With `lag_bytes`, chunks are handed on before they are hashed, and up to that many
+    bytes wait to be hashed until `finish` (or until more would wait): the local store
+    hashes them while the disk syncs the object, instead of before.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], lag_bytes: int = 0) -> None:
         self._chunks = chunks
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._block = hashlib.sha256()
         self._in_block = 0
         self._digests = bytearray()
+        self._lag = lag_bytes
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
-            if chunk:
-                self.sha256.update(chunk)
-                self.size += len(chunk)
-                self._hash_blocks(memoryview(chunk))
-                yield chunk
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if self._pending_bytes + len(chunk) > self._lag:
+                self.finish()
+                self._hash(chunk)
+            else:
+                self._pending.append(chunk)
+                self._pending_bytes += len(chunk)
+            yield chunk
+
+    def finish(self) -> None:
+        """Hash the chunks still waiting (see the class doc); the digests are then whole."""
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        for chunk in pending:
+            self._hash(chunk)
+
+    def _hash(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self._hash_blocks(memoryview(chunk))
 
     def _hash_blocks(self, data: memoryview) -> None:
         while data:
@@ -135,10 +158,12 @@ class HashingReader:
                 self._block, self._in_block = hashlib.sha256(), 0
 
     def hexdigest(self) -> str:
+        self.finish()
         return self.sha256.hexdigest()
 
     def block_digests(self) -> bytes:
         """The digest of every block, the last (short) one included; call after the read."""
+        self.finish()
         if self._in_block:
             return bytes(self._digests) + self._block.digest()
         return bytes(self._digests)

@@ -1,0 +1,43 @@
+"""HashingReader: the whole and per-block digests of what passes through, hashed late
+or at once (the local store hashes while the disk syncs, `lag_bytes`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from dicomvault.storage.base import BLOCK_SIZE, HashingReader
+
+DATA = os.urandom(3 * BLOCK_SIZE + 12345)
+CHUNKS = [DATA[:128], DATA[128 : BLOCK_SIZE + 7], DATA[BLOCK_SIZE + 7 :]]
+
+
+def _expected_blocks() -> bytes:
+    return b"".join(
+        hashlib.sha256(DATA[at : at + BLOCK_SIZE]).digest()
+        for at in range(0, len(DATA), BLOCK_SIZE)
+    )
+
+
+@pytest.mark.parametrize("lag", [0, BLOCK_SIZE, 8 * BLOCK_SIZE])
+def test_digests_are_those_of_the_data_whatever_the_lag(lag: int) -> None:
+    reader = HashingReader(iter(CHUNKS), lag_bytes=lag)
+    assert b"".join(reader) == DATA
+    result = reader.result("k")
+    assert result.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert result.blocks == _expected_blocks()
+    assert result.size == len(DATA)
+
+
+def test_chunks_wait_to_be_hashed_only_up_to_the_lag() -> None:
+    reader = HashingReader(iter(CHUNKS), lag_bytes=BLOCK_SIZE + 1000)
+    waiting = []
+    for _chunk in reader:
+        waiting.append(reader._pending_bytes)
+    assert max(waiting) <= BLOCK_SIZE + 1000
+    assert waiting[0] == 128  # the first chunk waits: it is within the lag
+    reader.finish()
+    assert reader._pending_bytes == 0
+    assert reader.hexdigest() == hashlib.sha256(DATA).hexdigest()
