@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from pathlib import Path
 
 import pytest
 
-from dicomvault.storage.base import BLOCK_SIZE, HashingReader
+from dicomvault.storage.base import BLOCK_SIZE, HashingReader, new_key
+from dicomvault.storage.local import LocalStore
 
 DATA = os.urandom(3 * BLOCK_SIZE + 12345)
 CHUNKS = [DATA[:128], DATA[128 : BLOCK_SIZE + 7], DATA[BLOCK_SIZE + 7 :]]
@@ -41,3 +44,25 @@ def test_chunks_wait_to_be_hashed_only_up_to_the_lag() -> None:
     reader.finish()
     assert reader._pending_bytes == 0
     assert reader.hexdigest() == hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.mark.filterwarnings("ignore:.*multi-threaded.*fork:DeprecationWarning")
+def test_a_forked_process_still_puts(tmp_path: Path) -> None:
+    """`serve --processes N` forks after the parent may have used the store: the child's
+    puts must not wait on sync threads that only the parent has."""
+    store = LocalStore(tmp_path / "objects")
+    store.put(new_key(), iter([DATA[:1000]]))  # the parent's sync threads now exist
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            done = threading.Event()
+            threading.Thread(
+                target=lambda: (store.put(new_key(), iter([DATA[:2000]])), done.set()),
+                daemon=True,
+            ).start()
+            code = 0 if done.wait(10) else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -21,7 +21,18 @@ _DIR_CACHE = 70_000  # the fan-out directories, and those of keys from older lay
 # slice's two hashes (whole and blocks) take about as long as its fsync. Larger
 # objects are hashed as they are written, so memory stays bounded.
 _HASH_WHILE_SYNCING = 8 * CHUNK_SIZE
-_SYNC = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
+_sync_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    """This process's fsync threads. `serve --processes N` forks: a pool inherited from
+    the parent counts threads that do not exist in the child, and would never run the
+    work it is given, so each process makes its own."""
+    pid = os.getpid()
+    pool = _sync_pools.get(pid)
+    if pool is None:
+        pool = _sync_pools[pid] = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fsync")
+    return pool
 
 
 class LocalStore:
@@ -51,7 +62,7 @@ class LocalStore:
                 for chunk in reader:
                     out.write(chunk)
                 out.flush()
-                synced = _SYNC.submit(os.fsync, out.fileno())
+                synced = _sync_pool().submit(os.fsync, out.fileno())
                 try:
                     reader.finish()  # both wait on the disk or hash without the GIL
                 finally:
