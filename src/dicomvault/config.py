@@ -128,6 +128,13 @@ class Settings(BaseSettings):
     job_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often an idle worker looks for new jobs."
     )
+    job_batch_wait_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        description="After a worker has caught up with the event log, how long it lets new "
+        "events gather before it takes them (at most job_poll_seconds): under steady "
+        "ingestion, one batch of many events instead of a round of transactions per instance.",
+    )
     study_quiet_seconds: float = Field(
         default=60.0,
         ge=0,

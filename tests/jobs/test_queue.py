@@ -12,6 +12,7 @@ from dicomvault import jobs
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.jobs import queue
+from dicomvault.jobs import worker as worker_module
 from dicomvault.jobs.worker import Worker
 from dicomvault.synthetic import instance_bytes, uid
 from tests.jobs import sample_handlers
@@ -175,3 +176,37 @@ def test_a_batch_subscriber_takes_events_together_and_one_by_one_around_a_bad_on
     assert good[2] in sample_handlers.singles  # its batch failed: taken one by one
     dead = queue.list_jobs(job_archive.db, state="dead", kind="event:test.batcher")
     assert [j.payload["event"]["sop_uid"] for j in dead] == [bad]
+
+
+def test_a_round_that_takes_the_last_events_says_caught_up(
+    job_archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's loop lets events gather after a "caught-up" round, and goes on at
+    once after a "busy" one (a full batch: more may be waiting)."""
+    monkeypatch.setattr(worker_module, "_EVENT_BATCH", 3)
+    for n in range(5):
+        _ingest(job_archive, uid(f"rounds/{n}"), n + 1)
+    worker = Worker(job_archive)
+    rounds = [worker._round(0) for _ in range(2 * len(worker._subscribers) + 1)]
+    assert rounds == ["busy", "caught-up"] * len(worker._subscribers) + ["idle"]
+    assert worker.batch_wait == pytest.approx(0.02)  # bounded by job_poll_seconds
+
+
+def test_an_idle_queue_is_looked_at_without_a_write(job_archive: Archive) -> None:
+    writes: list[int] = []
+    real_write = job_archive.db.write
+
+    def counting_write() -> Any:
+        writes.append(1)
+        return real_write()
+
+    job_archive.db.write = counting_write  # type: ignore[method-assign]
+    assert queue.claim(job_archive.db, "w", 5.0, ["test.record"]) is None
+    assert writes == []
+    job_archive.db.write = real_write  # type: ignore[method-assign]
+    _enqueue(job_archive, "test.record", {"n": 1})
+    job_archive.db.write = counting_write  # type: ignore[method-assign]
+    claimed = queue.claim(job_archive.db, "w", 5.0, ["test.record"])
+    assert claimed is not None
+    assert claimed.payload == {"n": 1}
+    assert writes == [1]

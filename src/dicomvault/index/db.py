@@ -1,13 +1,19 @@
 """Engines and transactions for SQLite and PostgreSQL.
 
 `Database.write()` is the one way to change the index. On SQLite it takes a
-process-wide lock and starts `BEGIN IMMEDIATE`, so concurrent writers queue
-instead of failing with "database is locked" half-way through; WAL mode lets
-readers go on meanwhile. On PostgreSQL it is a plain transaction from a pool.
+process-wide lock, then a POSIX lock on a file beside the database, then starts
+`BEGIN IMMEDIATE`, so concurrent writers queue instead of failing with "database
+is locked" half-way through; WAL mode lets readers go on meanwhile. The file lock
+is what serializes the processes of `serve --processes N`: a waiter blocked on it
+wakes the moment the holder commits, where SQLite's own busy handler sleeps and
+polls (1, 2, 5, 10 ... ms), so under steady writes from two processes one of them
+kept losing the race. On PostgreSQL it is a plain transaction from a pool.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,9 +40,12 @@ class Database:
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._lock_path: Path | None = None
+        self._lock_fd: int | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                self._lock_path = Path(parsed.database + "-writelock")
             self.engine = create_engine(
                 self.url, connect_args={"check_same_thread": False, "timeout": 60}
             )
@@ -58,13 +67,36 @@ class Database:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.connect() as conn:
-            conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+        with self._write_lock:
+            fd = self._process_lock_fd()
+            if fd is not None:
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(sqlite_begin="IMMEDIATE")
+                    with conn.begin():
+                        yield conn
+            finally:
+                if fd is not None:
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    def _process_lock_fd(self) -> int | None:
+        """The lock file, opened on first write (called under the thread lock).
+
+        POSIX record locks belong to the process, so threads of one process do not
+        block each other on it (the thread lock does that) and a forked child, which
+        inherits the descriptor but not the lock, takes its own."""
+        if self._lock_path is None:
+            return None
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _configure_sqlite(engine: Engine) -> None:

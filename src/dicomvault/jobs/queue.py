@@ -156,6 +156,11 @@ def claim(db: Database, worker: str, lease: float, kinds: list[str] | None = Non
     pick = select(jobs.c.id).where(due).order_by(jobs.c.run_after, jobs.c.id).limit(1)
     if kinds is not None:
         pick = pick.where(jobs.c.kind.in_(kinds))
+    # Look before taking the write lock: a worker polling an empty queue then costs a
+    # read, not a write transaction that queues behind (and delays) ingestion's.
+    with db.read() as conn:
+        if conn.execute(pick).first() is None:
+            return None
     pick = pick.with_for_update(skip_locked=True)
     with db.write() as conn:
         row = conn.execute(

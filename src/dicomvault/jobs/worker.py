@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dicomvault.index.eventlog import events_after
 from dicomvault.jobs import cursors, queue
@@ -89,6 +89,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = settings.job_lease_seconds
         self.poll = settings.job_poll_seconds
+        self.batch_wait = min(settings.job_batch_wait_seconds, self.poll)
         self._handlers = handlers()
         self._subscribers = subscribers()
         self._periodics = periodics()
@@ -127,12 +128,17 @@ class Worker:
     def _loop(self, number: int) -> None:
         while not self._stop.is_set():
             try:
-                busy = self.run_once(offset=number)
+                done = self._round(offset=number)
             except Exception:  # the database is away: keep the worker alive, try later
                 log.exception("worker %s: could not reach the queue", self.name)
-                busy = False
-            if not busy:
+                done = "idle"
+            if done == "idle":
                 self._stop.wait(self.poll)
+            elif done == "caught-up":
+                # Let the events of a busy archive gather: one batch of many rather than
+                # a round of cursor transactions per instance, competing with ingestion
+                # for the index's write lock.
+                self._stop.wait(self.batch_wait)
 
     def schedule_periodic(self) -> None:
         """Keep one job of each periodic task queued (a no-op while one is)."""
@@ -153,15 +159,21 @@ class Worker:
 
     def run_once(self, offset: int = 0) -> bool:
         """Run one due job, or feed one subscriber a batch of events; False if idle."""
+        return self._round(offset) != "idle"
+
+    def _round(self, offset: int) -> Literal["idle", "caught-up", "busy"]:
+        """`run_once`, telling apart a round that took the last events of the log
+        ("caught-up") from one that left work behind ("busy")."""
         if self._periodics:
             self.schedule_periodic()
         if self._kinds and self.run_one_job():
-            return True
+            return "busy"
         names = list(self._subscribers)
         for i in range(len(names)):
-            if self.feed(self._subscribers[names[(i + offset) % len(names)]]):
-                return True
-        return False
+            taken = self._feed(self._subscribers[names[(i + offset) % len(names)]])
+            if taken is not None:
+                return "busy" if taken >= _EVENT_BATCH else "caught-up"
+        return "idle"
 
     # -- jobs ------------------------------------------------------------------
 
@@ -217,10 +229,14 @@ class Worker:
 
     def feed(self, subscriber: Subscriber) -> bool:
         """Hand the subscriber its next events in order; False if it had none to take."""
+        return self._feed(subscriber) is not None
+
+    def _feed(self, subscriber: Subscriber) -> int | None:
+        """`feed`: how many events of the log it took (None: it had none to take)."""
         db = self.archive.db
         claimed = cursors.claim_cursor(db, subscriber.name, self.name, self.lease)
         if claimed is None:
-            return False
+            return None
         seq, attempts = claimed
         try:
             with _Heartbeat(
@@ -235,7 +251,7 @@ class Worker:
                 whole = subscriber.react_many is not None and attempts == 0
                 if batch and whole and self._react_many(subscriber, batch):
                     cursors.advance(db, subscriber.name, self.name, int(batch[-1]["seq"]))
-                    return True
+                    return len(batch)
                 for event in batch:
                     if self._stop.is_set():
                         break
@@ -245,14 +261,14 @@ class Worker:
                         except Exception as exc:  # noqa: BLE001 (a failed attempt)
                             if done == seq or cursors.advance(db, subscriber.name, self.name, done):
                                 self._event_failed(subscriber, event, attempts + 1, exc)
-                            return True
+                            return 0  # retried later: nothing to hurry for
                         attempts = 0
                     done = int(event["seq"])
                 if done != seq:
                     cursors.advance(db, subscriber.name, self.name, done)
         finally:
             cursors.release(db, subscriber.name, self.name)
-        return True
+        return len(batch)
 
     def _react_many(self, subscriber: Subscriber, batch: list[dict[str, Any]]) -> bool:
         """The batch reaction of `subscriber` on the events it wants; False (the events
