@@ -2,9 +2,13 @@
 workers, in one process or several.
 
 One Python process runs Python code on one core at a time. With `serve_processes`
-N > 1, `dicomvault serve` forks N - 1 more processes that serve the same ports: the
-HTTP listening socket is bound once and shared (the kernel hands each connection to
-one process), and each process binds the DICOM port with SO_REUSEPORT (likewise).
+N > 1, `dicomvault serve` forks N - 1 more processes that serve the same ports: each
+listening socket (HTTP, DICOM, DICOM TLS) is bound once before the fork and shared,
+and whichever process accepts first takes the connection. A DICOM association lasts
+(a modality sends a whole study on one), so there the process already serving more
+of them waits a little before it accepts, and the least busy one takes it (see
+`dimse.server`); SO_REUSEPORT would hash each connection to a process regardless of
+load, and four associations landed all on one process one time in three.
 Every process opens its own database connections and object store after the fork;
 the job workers run in the first process only. Everything that must be done once
 (schema migration, the secure-defaults check) happens before the fork.
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 
-__all__ = ["Plan", "http_listener", "run"]
+__all__ = ["Plan", "dicom_listeners", "http_listener", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +51,69 @@ class Plan:
         return self.settings.serve_processes
 
 
-def http_listener(settings: Settings) -> socket.socket:
-    """The HTTP listening socket, bound once for every process."""
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.http_port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sock.set_inheritable(True)
     return sock
 
 
-def run(plan: Plan, listener: socket.socket) -> int:
-    """Serve until told to stop (SIGINT, SIGTERM); the exit status."""
-    children = [_fork(plan, listener) for _ in range(plan.processes - 1)]
+def http_listener(settings: Settings) -> socket.socket:
+    """The HTTP listening socket, bound once for every process."""
+    return _listening_socket(settings.host, settings.http_port)
+
+
+def dicom_listeners(settings: Settings) -> dict[int, socket.socket]:
+    """The DICOM (and DICOM TLS) listening sockets of a multi-process server, by the
+    port configured, bound once before the fork; {} with one process, whose DICOM
+    node binds its own."""
+    if settings.serve_processes < 2:
+        return {}
+    ports = [p for p in (settings.dicom_port, settings.dicom_tls_port) if p]
+    listeners: dict[int, socket.socket] = {}
+    try:
+        for port in ports:
+            listeners[port] = _listening_socket(settings.host, port)
+    except OSError:
+        for sock in listeners.values():
+            sock.close()
+        raise
+    return listeners
+
+
+def run(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket] | None = None) -> int:
+    """Serve until told to stop (SIGINT, SIGTERM); the exit status. `dicom`: the shared
+    DICOM listening sockets from `dicom_listeners`."""
+    dicom = dicom or {}
+    children = [_fork(plan, listener, dicom) for _ in range(plan.processes - 1)]
     failed, stopping = threading.Event(), threading.Event()
     if children:
         threading.Thread(
             target=_watch, args=(children, failed, stopping), name="serve-watch", daemon=True
         ).start()
     try:
-        _serve(plan, listener, first=True)
+        _serve(plan, listener, dicom, first=True)
     finally:
         stopping.set()
         _stop(children)
     return 1 if failed.is_set() else 0
 
 
-def _fork(plan: Plan, listener: socket.socket) -> int:
+def _fork(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket]) -> int:
     pid = os.fork()
     if pid:
         return pid
     status = 1
     try:
         _die_with_parent()
-        _serve(plan, listener, first=False)
+        _serve(plan, listener, dicom, first=False)
         status = 0
     except BaseException:  # a child must never return into the parent's code
         log.exception("serve process %d failed", os.getpid())
@@ -99,7 +131,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(plan: Plan, listener: socket.socket, *, first: bool) -> None:
+def _serve(
+    plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket], *, first: bool
+) -> None:
     """One process's servers: uvicorn on the shared socket, the DICOM node, and (in the
     first process) the job workers."""
     import uvicorn
@@ -121,7 +155,7 @@ def _serve(plan: Plan, listener: socket.socket, *, first: bool) -> None:
                 settings.host,
                 settings.dicom_port or None,
                 tls_port=settings.dicom_tls_port,
-                shared_port=plan.processes > 1,
+                listeners=dicom,
             )
             dimse.start()
         config = uvicorn_config(

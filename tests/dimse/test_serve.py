@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from dicomvault import serving
+from dicomvault.archive import Archive
+from dicomvault.dimse import DimseServer
+from dicomvault.dimse import server as server_module
 from dicomvault.synthetic import instance_bytes, uid
 from tests.support.dcmtk import dcmtk
 from tests.support.live import free_port
@@ -75,7 +81,7 @@ def test_several_processes_serve_the_same_ports_and_stop_together(tmp_path: Path
             (files / f"{number}.dcm").write_bytes(instance_bytes(
                 study_uid=uid("mp/st"), series_uid=uid("mp/se"), sop_uid=uid(f"mp/{number}"),
                 instance_number=number, size=8))  # fmt: skip
-        # Several associations and requests: the kernel spreads them over the processes.
+        # Several associations and requests, spread over the processes.
         for _ in range(3):
             done = dcmtk("storescu", "-aec", "DICOMVAULT", "+sd", "127.0.0.1", dicom, files)
             assert done.returncode == 0, done.stderr
@@ -103,3 +109,48 @@ def test_a_dying_process_stops_the_server_with_status_1(tmp_path: Path) -> None:
     assert proc.returncode == 1, output
     assert "ended with status -9: stopping" in output
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_processes_sharing_the_dicom_port_take_connections_in_turn(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes on one shared listening socket, as the processes of `serve
+    --processes 2` are: four modalities connecting at once get two each."""
+    monkeypatch.setattr(server_module, "_WAIT_PER_CONNECTION", 0.2)
+    listener = serving._listening_socket("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    nodes = [DimseServer(archive, "127.0.0.1", port, listeners={port: listener})
+             for _ in range(2)]  # fmt: skip
+    for node in nodes:
+        node.start()
+    peers = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 10
+        while sum(len(node._servers[0]._serving) for node in nodes) < 4:
+            assert time.monotonic() < deadline, "the connections were not all accepted"
+            time.sleep(0.05)
+        assert [len(node._servers[0]._serving) for node in nodes] == [2, 2]
+    finally:
+        for peer in peers:
+            peer.close()
+        for node in nodes:
+            node.stop()
+        listener.close()
+
+
+def test_a_dicom_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    exe = shutil.which("dicomvault")
+    assert exe
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    dicom = taken.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
+    args = [exe, "serve", "--data-dir", str(tmp_path), "--http-port", str(free_port()),
+            "--dicom-port", str(dicom), "--processes", "2"]  # fmt: skip
+    try:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{dicom}" in done.stderr

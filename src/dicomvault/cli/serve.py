@@ -71,7 +71,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the archive: DICOMweb at http://HOST:PORT/dicom-web and a DICOM node (DIMSE)."""
-    from dicomvault.serving import Plan, http_listener, run
+    from dicomvault.serving import Plan, dicom_listeners, http_listener, run
 
     overrides = {"host": host, "http_port": http_port, "dicom_port": dicom_port}
     overrides["serve_processes"] = processes
@@ -100,11 +100,10 @@ def serve(
         console.print(f"{settings.serve_processes} server processes")
     try:
         listener = http_listener(settings)
+        shared = dicom_listeners(settings) if dicom else {}
     except OSError as exc:
-        err_console.print(
-            f"dicomvault: cannot listen on {settings.host}:{settings.http_port}: {exc}"
-        )
+        err_console.print(f"dicomvault: {exc.strerror}")
         raise typer.Exit(1) from exc
-    status = run(Plan(settings, dicom, log_level), listener)
+    status = run(Plan(settings, dicom, log_level), listener, shared)
     if status:
         raise typer.Exit(status)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from pydicom.uid import (
@@ -82,13 +84,52 @@ class _Server(ThreadedAssociationServer):
     request_queue_size = 128
 
 
-class _SharedPortServer(_Server):
-    """A server whose port several processes of the archive bind."""
+class _SharedSocketServer(_Server):
+    """A server on a listening socket that every process of the archive shares.
+
+    Each process's acceptor wakes for a new connection; a process already serving
+    connections waits `_WAIT_PER_CONNECTION` for each before it accepts, so the
+    least busy process takes it and associations spread evenly. The socket is
+    non-blocking: a process that finds the connection taken goes back to waiting.
+    """
+
+    shared: socket.socket  # set by `_shared_server`
+    _serving: list[socket.socket] = []  # noqa: RUF012 (replaced, never changed in place)
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        if self.socket is not None:
+            self.socket.close()  # the one TCPServer made; the shared one serves instead
+        self.socket = self.shared
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
+
+    def server_close(self) -> None:
+        if self.socket is not None:  # no shutdown(): that would stop them all listening
+            self.socket.close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        # Connections this process accepted and still holds open (an association
+        # closes its socket when it ends): counted from the accept on, as modalities
+        # connecting at once would all find a process whose threads had not started.
+        self._serving = [sock for sock in self._serving if sock.fileno() != -1]
+        if self._serving:
+            time.sleep(min(len(self._serving) * _WAIT_PER_CONNECTION, _LONGEST_WAIT))
+        # BlockingIOError (an OSError) when another process took it: socketserver
+        # then simply waits for the next connection.
+        sock, address = super().get_request()
+        self._serving.append(sock)
+        return sock, address
+
+
+_WAIT_PER_CONNECTION = 0.003
+_LONGEST_WAIT = 0.05
+
+
+def _shared_server(listener: socket.socket) -> type[_SharedSocketServer]:
+    return type("SharedSocketServer", (_SharedSocketServer,), {"shared": listener})
 
 
 class DimseServer:
@@ -102,7 +143,7 @@ class DimseServer:
         port: int | None,
         *,
         tls_port: int | None = None,
-        shared_port: bool = False,
+        listeners: Mapping[int, socket.socket] | None = None,
     ) -> None:
         self.archive = archive
         settings = archive.settings
@@ -125,7 +166,7 @@ class DimseServer:
         self.host = host
         self.port = port
         self.tls_port = tls_port
-        self.shared_port = shared_port
+        self.listeners = dict(listeners or {})
         self.audit = DimseAudit(archive.auditor)
         self.guard = Guard(archive, self.audit)
         self._servers: list[Any] = []
@@ -156,9 +197,10 @@ class DimseServer:
         return self.port
 
     def _listen(self, port: int, ssl_context: Any) -> Any:
-        """pynetdicom's non-blocking server, on a socket that other processes of this
-        archive may bind too (SO_REUSEPORT: the kernel spreads connections over them)."""
-        server_class = _SharedPortServer if self.shared_port else _Server
+        """pynetdicom's non-blocking server on `port`, or on the listening socket the
+        processes of this archive share for it (`listeners`)."""
+        shared = self.listeners.get(port)
+        server_class = _Server if shared is None else _shared_server(shared)
         server = self.ae.make_server(
             (self.host, port),
             evt_handlers=self.handlers(),
