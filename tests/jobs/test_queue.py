@@ -7,10 +7,12 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
 from dicomvault import jobs
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
+from dicomvault.index.schema import event_cursors, events
 from dicomvault.jobs import queue
 from dicomvault.jobs import worker as worker_module
 from dicomvault.jobs.worker import Worker
@@ -187,9 +189,30 @@ def test_a_round_that_takes_the_last_events_says_caught_up(
     for n in range(5):
         _ingest(job_archive, uid(f"rounds/{n}"), n + 1)
     worker = Worker(job_archive)
-    rounds = [worker._round(0) for _ in range(2 * len(worker._subscribers) + 1)]
-    assert rounds == ["busy", "caught-up"] * len(worker._subscribers) + ["idle"]
+    subscribers = len(worker._subscribers)
+    # Each subscriber takes a full batch ("busy"); the rest of its events it takes
+    # in the round in which the next one takes its full batch; the last one's rest
+    # ends the work.
+    rounds = [worker._round(0) for _ in range(subscribers + 2)]
+    assert rounds == ["busy"] * subscribers + ["caught-up", "idle"]
     assert worker.batch_wait == pytest.approx(0.02)  # bounded by job_poll_seconds
+
+
+def test_one_round_feeds_every_subscriber_that_is_behind(job_archive: Archive) -> None:
+    """Under steady ingestion, a subscriber that is fed first in each round must not
+    keep the others waiting: each round takes every subscriber up to the log's end."""
+    worker = Worker(job_archive)
+    for n in range(3):
+        _ingest(job_archive, uid(f"steady/{n}"), n + 1)
+        assert worker._round(0) == "caught-up"
+        with job_archive.db.read() as conn:
+            last = conn.execute(select(func.max(events.c.seq))).scalar_one()
+            behind = (
+                conn.execute(select(event_cursors.c.name).where(event_cursors.c.seq < last))
+                .scalars()
+                .all()
+            )
+        assert behind == []
 
 
 def test_an_idle_queue_is_looked_at_without_a_write(job_archive: Archive) -> None:

@@ -158,22 +158,29 @@ class Worker:
                 )
 
     def run_once(self, offset: int = 0) -> bool:
-        """Run one due job, or feed one subscriber a batch of events; False if idle."""
+        """Run one due job, or feed subscribers their events (one full batch, or every
+        subscriber the events it is behind by); False if idle."""
         return self._round(offset) != "idle"
 
     def _round(self, offset: int) -> Literal["idle", "caught-up", "busy"]:
-        """`run_once`, telling apart a round that took the last events of the log
-        ("caught-up") from one that left work behind ("busy")."""
+        """`run_once`, telling apart a round that left work behind ("busy": a job ran,
+        or a subscriber took a full batch) from one after which every subscriber has
+        caught up with the log ("caught-up"). A subscriber that caught up lets the
+        round go on to the next, so that none waits while another keeps being fed."""
         if self._periodics:
             self.schedule_periodic()
         if self._kinds and self.run_one_job():
             return "busy"
         names = list(self._subscribers)
+        done: Literal["idle", "caught-up"] = "idle"
         for i in range(len(names)):
             taken = self._feed(self._subscribers[names[(i + offset) % len(names)]])
-            if taken is not None:
-                return "busy" if taken >= _EVENT_BATCH else "caught-up"
-        return "idle"
+            if taken is None:
+                continue
+            if taken >= _EVENT_BATCH:
+                return "busy"
+            done = "caught-up"
+        return done
 
     # -- jobs ------------------------------------------------------------------
 
