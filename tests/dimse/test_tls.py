@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from dicomvault import serving
 from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer, registry
 from dicomvault.index.schema import instances
@@ -93,3 +94,29 @@ def test_c_move_to_a_destination_over_dicom_tls(
         assert done.returncode == 0, done.stdout + done.stderr
     [received] = list((tmp_path / "dest").iterdir())
     assert dcmread(received).SOPInstanceUID == sop
+
+
+def test_tls_on_a_listening_socket_the_processes_share(archive: Archive, pki: Path) -> None:
+    """`serve --processes N` shares one DICOM TLS listening socket: each node accepts
+    from it and makes the handshake on the connection it took."""
+    archive.settings = archive.settings.model_copy(
+        update={
+            "tls_cert_file": pki / "server.pem",
+            "tls_key_file": pki / "server.key",
+            "tls_ca_file": pki / "ca.pem",
+        }
+    )
+    listener = serving._listening_socket("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    nodes = [DimseServer(archive, "127.0.0.1", None, tls_port=port, listeners={port: listener})
+             for _ in range(2)]  # fmt: skip
+    for node in nodes:
+        node.start()
+    try:
+        for _ in range(4):
+            done = dcmtk("echoscu", *_client(pki), "-aec", "DICOMVAULT", "127.0.0.1", port)
+            assert done.returncode == 0, done.stderr
+    finally:
+        for node in nodes:
+            node.stop()
+        listener.close()
