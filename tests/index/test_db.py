@@ -5,9 +5,12 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from dicomvault.index.db import Database
@@ -63,21 +66,35 @@ def test_a_writer_waits_for_another_process_and_goes_on_when_it_commits(
     db.dispose()
 
 
-def test_threads_of_one_process_write_one_after_another(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+def _other_process_can_lock(lock_file: Path) -> bool:
+    probe = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(lock_file)!r}, os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], timeout=60).returncode == 0
+
+
+def test_a_write_that_fails_lets_other_processes_write(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite3"
+    db = Database(f"sqlite:///{path}")
     with db.write() as conn:
         conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    lock_file = tmp_path / "index.sqlite3-writelock"
+    with db.write():
+        assert not _other_process_can_lock(lock_file)  # held while the write runs
 
-    def add(first: int) -> None:
-        for n in range(first, first + 50):
-            with db.write() as conn:
-                conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+    def fail_half_way() -> None:
+        with db.write() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            raise ValueError("bad input half-way through")
 
-    threads = [threading.Thread(target=add, args=(k * 50,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with pytest.raises(ValueError, match="half-way"):
+        fail_half_way()
+    assert _other_process_can_lock(lock_file)
     with db.read() as conn:
-        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 200
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 0  # rolled back
     db.dispose()
