@@ -27,6 +27,7 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
@@ -92,6 +93,7 @@ def run(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket] | N
     """Serve until told to stop (SIGINT, SIGTERM); the exit status. `dicom`: the shared
     DICOM listening sockets from `dicom_listeners`."""
     dicom = dicom or {}
+    _stop_request.install()
     children = [_fork(plan, listener, dicom) for _ in range(plan.processes - 1)]
     failed, stopping = threading.Event(), threading.Event()
     if children:
@@ -166,12 +168,11 @@ def _serve(
             log_level=plan.log_level,
             access_log=plan.log_level == "debug",
         )
-        # uvicorn handles SIGINT/SIGTERM while it runs and raises the signal again once
-        # it has stopped, under the handlers it found: these let this process then stop
-        # its workers and DICOM node instead of dying at once.
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(stop_signal, _stopped)
-        uvicorn.Server(config).run(sockets=[listener])
+        server = uvicorn.Server(config)
+        _stop_request.server = server
+        if _stop_request.requested:  # asked to stop while starting: start, then stop at once
+            server.should_exit = True
+        server.run(sockets=[listener])
     finally:
         if workers is not None:
             workers.stop(timeout=30)
@@ -180,8 +181,32 @@ def _serve(
         archive.close()
 
 
-def _stopped(signum: int, _frame: object) -> None:
-    log.info("serve process %d: %s, stopping", os.getpid(), signal.Signals(signum).name)
+class _StopRequest:
+    """SIGINT/SIGTERM for this process, from before it starts serving.
+
+    The handlers are installed before anything starts (and so before the fork), as
+    a stop can come at any time: from the first process when a child dies, from a
+    service manager. Before uvicorn runs, a stop is remembered and ends its start at
+    once; while it runs, uvicorn handles the signal itself and raises it again once
+    stopped, under these handlers; then the process stops its workers and DICOM node
+    instead of dying at once with the signal's default action."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server: Any = None
+
+    def install(self) -> None:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, self.handle)
+
+    def handle(self, signum: int, _frame: object) -> None:
+        log.info("serve process %d: %s, stopping", os.getpid(), signal.Signals(signum).name)
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+_stop_request = _StopRequest()
 
 
 def _watch(children: list[int], failed: threading.Event, stopping: threading.Event) -> None:
