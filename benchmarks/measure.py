@@ -6,12 +6,14 @@ thread), sending what a modality gateway or viewer would send.
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import statistics
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,15 +109,28 @@ def stow_file(base: str, path: Path) -> float:
 
 
 def wado_study(url: str) -> dict[str, float]:
-    """Retrieve a study (or instance) as stored, streamed; MB/s and bytes."""
+    """Retrieve a study (or instance) as stored, streamed; MB/s and bytes.
+
+    Read with the standard library's HTTP client into one reused buffer: httpx's
+    streaming read tops out at 450-650 MB/s here (a bare ASGI app sending 52 MB from
+    memory reaches 2,500-4,000 MB/s with this reader and with curl, 650 with httpx),
+    which would measure the client rather than the server.
+    """
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=3600)
+    buffer = memoryview(bytearray(1024 * 1024))
     size = 0
-    started = time.perf_counter()
-    with httpx.stream("GET", url, headers={"Accept": AS_STORED}, timeout=3600) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"WADO-RS {response.status_code}: {response.read()[:300]!r}")
-        for chunk in response.iter_raw(1024 * 1024):
-            size += len(chunk)
-    elapsed = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        connection.request("GET", parts.path, headers={"Accept": AS_STORED})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"WADO-RS {response.status}: {response.read()[:300]!r}")
+        while count := response.readinto(buffer):
+            size += count
+        elapsed = time.perf_counter() - started
+    finally:
+        connection.close()
     return {"mb_per_s": size / elapsed / 1e6, "bytes": size, "seconds": elapsed}
 
 

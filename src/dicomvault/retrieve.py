@@ -8,9 +8,7 @@ end on a mismatch (the transfer aborts, no silent corruption).
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -35,12 +33,10 @@ __all__ = [
     "instance_header",
     "load_dataset",
     "match_instances",
-    "read_ahead",
     "transcode",
 ]
 
 WHOLE_READ_LIMIT = 16 * 1024 * 1024
-READ_AHEAD = 4  # instances read and checked ahead of the one being sent
 _BULK_URI = re.compile(r'("BulkDataURI":\s*")')
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 # The value representations DICOM JSON carries as InlineBinary / BulkDataURI (PS3.18 F.2.7).
@@ -223,47 +219,6 @@ def instance_bytes(store: ObjectStore, instance: StoredInstance) -> Iterator[byt
     if instance.size <= WHOLE_READ_LIMIT:
         return iter((read_verified(store, instance.key, instance.sha256, instance.blocks or b""),))
     return verified(store, instance.key, instance.sha256, instance.blocks or b"")
-
-
-def read_ahead(
-    store: ObjectStore, found: Sequence[StoredInstance], depth: int = READ_AHEAD
-) -> Iterator[Iterable[bytes]]:
-    """`instance_bytes` of each instance in order, the next small ones read and checked
-    on worker threads while the current one is sent (hashlib and file reads release the
-    GIL, so the reading overlaps the sending). At most `depth` instances, each at most
-    WHOLE_READ_LIMIT, are held ahead; large ones stream as `instance_bytes` does."""
-    with ThreadPoolExecutor(max(1, depth), thread_name_prefix="read-ahead") as pool:
-        pending: deque[Future[Iterable[bytes]]] = deque()
-        upcoming = iter(found)
-        exhausted = False
-
-        def fill() -> None:
-            nonlocal exhausted
-            while not exhausted and len(pending) < depth:
-                instance = next(upcoming, None)
-                if instance is None:
-                    exhausted = True
-                    return
-                if instance.size > WHOLE_READ_LIMIT:
-                    done: Future[Iterable[bytes]] = Future()
-                    done.set_result(instance_bytes(store, instance))  # streams when sent
-                    pending.append(done)
-                    return  # read nothing past a large one until it has been sent
-                pending.append(pool.submit(_read_whole, store, instance))
-
-        fill()
-        try:
-            while pending:
-                body = pending.popleft().result()
-                fill()
-                yield body
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def _read_whole(store: ObjectStore, instance: StoredInstance) -> Iterable[bytes]:
-    return list(instance_bytes(store, instance))
 
 
 def load_dataset(store: ObjectStore, instance: StoredInstance) -> Dataset:

@@ -11,7 +11,8 @@ of them waits a little before it accepts, and the least busy one takes it (see
 load, and four associations landed all on one process one time in three.
 Every process opens its own database connections and object store after the fork;
 the job workers run in the first process only. Everything that must be done once
-(schema migration, the secure-defaults check) happens before the fork.
+(schema migration, the secure-defaults check, the allocator's tuning in
+`dicomvault.allocator`) happens before the fork.
 
 If a process of a multi-process server dies, the others are stopped and `serve`
 exits with status 1, so that the service manager restarts it whole; a child also
@@ -29,6 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from dicomvault.allocator import tune_allocator
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 
@@ -94,6 +96,7 @@ def run(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket] | N
     DICOM listening sockets from `dicom_listeners`."""
     dicom = dicom or {}
     _stop_request.install()
+    tune_allocator()  # before the fork: every process inherits it
     children = [_fork(plan, listener, dicom) for _ in range(plan.processes - 1)]
     failed, stopping = threading.Event(), threading.Event()
     if children:

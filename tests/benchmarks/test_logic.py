@@ -1,17 +1,20 @@
-"""The benchmark's own arithmetic: percentiles, ratios, and re-labelled workloads."""
+"""The benchmark's own arithmetic and instruments: percentiles, ratios, re-labelled
+workloads, and the retrieval reader."""
 
 from __future__ import annotations
 
 import math
 from io import BytesIO
 
+import httpx
 import pydicom
 import pytest
 from benchmarks.data import ROOT, relabel, variant
-from benchmarks.measure import percentile
+from benchmarks.measure import AS_STORED, percentile, wado_study
 from benchmarks.report import Figures, ratio
 
-from dicomvault.synthetic import dataset, to_bytes
+from dicomvault.archive import Archive
+from dicomvault.synthetic import dataset, study_instances, to_bytes, uid
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -56,3 +59,16 @@ def test_a_variant_is_the_same_instance_under_new_valid_uids(k: int) -> None:
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert all(not part.startswith("0") or part == "0" for part in ds.SOPInstanceUID.split("."))
     assert ds.PixelData == pydicom.dcmread(BytesIO(original)).PixelData
+
+
+def test_the_retrieval_reader_counts_every_byte_the_server_sends(
+    archive: Archive, server: str
+) -> None:
+    for data in study_instances("bench-read", per_series=4, size=256):
+        archive.ingestor.ingest(BytesIO(data))
+    url = f"{server}/dicom-web/studies/{uid('bench-read/study')}"
+    whole = httpx.get(url, headers={"Accept": AS_STORED})
+    assert whole.status_code == 200
+    assert wado_study(url)["bytes"] == len(whole.content) > 4 * 256 * 256 * 2
+    with pytest.raises(RuntimeError, match="WADO-RS 404"):
+        wado_study(f"{server}/dicom-web/studies/{uid('bench-read/absent')}")

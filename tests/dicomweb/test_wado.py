@@ -84,8 +84,17 @@ def _pixels(data: bytes) -> Any:
     return pydicom.dcmread(BytesIO(data)).pixel_array
 
 
+@pytest.fixture(params=["held", "streamed"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Instances read whole ahead of their turn (the usual size), or all streamed chunk by
+    chunk as instances over the whole-read limit are."""
+    if request.param == "streamed":
+        monkeypatch.setattr("dicomvault.dicomweb.wado.WHOLE_READ_LIMIT", 0)
+    return str(request.param)
+
+
 def test_as_stored_is_byte_for_byte_with_the_preamble_zeroed(
-    stored: dict[str, bytes], server: str
+    stored: dict[str, bytes], server: str, reading: str
 ) -> None:
     parts = _retrieve(_url(server), AS_STORED)
     assert len(parts) == 3
@@ -97,6 +106,24 @@ def test_as_stored_is_byte_for_byte_with_the_preamble_zeroed(
         assert headers["content-type"] == f"application/dicom; transfer-syntax={syntax}"
     [(_, one)] = _retrieve(_url(server, 0, 1), AS_STORED)
     assert one == bytes(128) + stored[_sop(0, 1)][128:]
+
+
+def test_a_retrieval_as_stored_announces_its_length(
+    stored: dict[str, bytes], server: str, reading: str
+) -> None:
+    response = httpx.get(_url(server), headers={"Accept": AS_STORED})
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert sum(len(body) for _, body in _retrieve(_url(server), AS_STORED)) == sum(
+        map(len, stored.values())
+    )
+    # The implicit VR instance is transcoded to the default syntax: its size is not known
+    # before it is, so the body goes chunked.
+    transcoded = httpx.get(_url(server), headers={"Accept": DICOM})
+    assert transcoded.status_code == 200
+    assert "content-length" not in transcoded.headers
+    assert transcoded.headers["transfer-encoding"] == "chunked"
+    assert len(parse_multipart(transcoded.headers["content-type"], transcoded.content)) == 3
 
 
 def test_the_default_is_explicit_vr_little_endian(stored: dict[str, bytes], server: str) -> None:
@@ -273,7 +300,7 @@ def _served_as_good(url: str, accept: str, corrupted: bytes) -> str | None:
 
 @pytest.mark.parametrize("how", ["flipped byte", "truncated", "swapped for another file"])
 def test_a_tampered_object_is_never_served_as_good(
-    archive: Archive, stored: dict[str, bytes], server: str, how: str
+    archive: Archive, stored: dict[str, bytes], server: str, how: str, reading: str
 ) -> None:
     victim = _sop(0, 1)
     if how == "flipped byte":

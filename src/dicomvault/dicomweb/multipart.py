@@ -16,7 +16,16 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
-__all__ = ["MultipartError", "Part", "read_parts", "write_parts"]
+__all__ = [
+    "MultipartError",
+    "Part",
+    "closing_delimiter",
+    "multipart_length",
+    "part_head",
+    "part_tail",
+    "read_parts",
+    "write_parts",
+]
 
 
 class MultipartError(ValueError):
@@ -132,6 +141,28 @@ def new_boundary() -> str:
     return f"dicomvault-{secrets.token_hex(12)}"
 
 
+def part_head(boundary: str, content_type: str) -> bytes:
+    """The delimiter and headers that open a part (PS3.18 8.6.1.2, RFC 2046 5.1.1)."""
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+
+def part_tail() -> bytes:
+    """What closes a part's body: the CRLF that belongs to the next delimiter."""
+    return b"\r\n"
+
+
+def closing_delimiter(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode()
+
+
+def multipart_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
+    """The exact byte length of a body made of (content type, body size) parts."""
+    framing = len(part_head(boundary, "")) + len(part_tail())
+    return sum(framing + len(content_type.encode()) + size for content_type, size in parts) + len(
+        closing_delimiter(boundary)
+    )
+
+
 def write_parts(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
     """Encode (content type, body chunks) pairs as a multipart/related body.
 
@@ -141,13 +172,12 @@ def write_parts(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> 
     those hand-offs (three per instance otherwise, one now) cost more than the copy
     that joining the framing to a chunk makes.
     """
-    dash = f"--{boundary}".encode()
     pending = b""
     for content_type, body in parts:
-        pending += dash + b"\r\nContent-Type: " + content_type.encode() + b"\r\n\r\n"
+        pending += part_head(boundary, content_type)
         for chunk in body:
             if pending:
                 chunk, pending = pending + chunk, b""
             yield chunk
-        pending += b"\r\n"
-    yield pending + dash + b"--\r\n"
+        pending += part_tail()
+    yield pending + closing_delimiter(boundary)

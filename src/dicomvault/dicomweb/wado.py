@@ -8,8 +8,7 @@ parameter means explicit VR little endian, the standard's default.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from itertools import chain
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,17 +17,18 @@ from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.media import parse_accept
-from dicomvault.dicomweb.multipart import new_boundary, write_parts
+from dicomvault.dicomweb.multipart import new_boundary
 from dicomvault.dicomweb.responses import json_text_response, root_url
+from dicomvault.dicomweb.streaming import PartSource, content_length, started, stream_parts
 from dicomvault.errors import NotAcceptable
 from dicomvault.model.transfer_syntax import TRANSCODE_TARGETS
 from dicomvault.model.uids import require_uid
 from dicomvault.retrieve import (
+    WHOLE_READ_LIMIT,
     StoredInstance,
     find_instances,
     headers_json,
     instance_bytes,
-    read_ahead,
     transcode,
 )
 from dicomvault.storage import ObjectStore
@@ -57,24 +57,32 @@ def negotiate_transfer_syntax(accept: str | None) -> str:
     )
 
 
-def _bodies(
-    store: ObjectStore, found: list[StoredInstance], syntax: str
-) -> Iterator[tuple[str, Iterable[bytes]]]:
-    if all(syntax in (ANY_SYNTAX, instance.transfer_syntax) for instance in found):
-        for instance, body in zip(found, read_ahead(store, found), strict=True):
-            yield f"application/dicom; transfer-syntax={instance.transfer_syntax}", body
-        return
+def _sources(store: ObjectStore, found: list[StoredInstance], syntax: str) -> list[PartSource]:
+    sources = []
     for instance in found:
+        small = instance.size <= WHOLE_READ_LIMIT
         if syntax in (ANY_SYNTAX, instance.transfer_syntax):
-            yield (
-                f"application/dicom; transfer-syntax={instance.transfer_syntax}",
-                instance_bytes(store, instance),
+            sources.append(
+                PartSource(
+                    f"application/dicom; transfer-syntax={instance.transfer_syntax}",
+                    partial(instance_bytes, store, instance),
+                    held=small,
+                    size=instance.size,
+                )
             )
         else:
-            yield (
-                f"application/dicom; transfer-syntax={syntax}",
-                (transcode(store, instance, syntax),),
+            sources.append(
+                PartSource(
+                    f"application/dicom; transfer-syntax={syntax}",
+                    partial(_transcoded, store, instance, syntax),
+                    held=small,
+                )
             )
+    return sources
+
+
+def _transcoded(store: ObjectStore, instance: StoredInstance, syntax: str) -> tuple[bytes]:
+    return (transcode(store, instance, syntax),)
 
 
 async def _retrieve(
@@ -83,15 +91,18 @@ async def _retrieve(
     archive: Archive = request.app.state.archive
     syntax = negotiate_transfer_syntax(request.headers.get("accept"))
     found = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
-    bodies = _bodies(archive.store, found, syntax)
+    sources = _sources(archive.store, found, syntax)
+    boundary = new_boundary()
     # The first part is read (and, up to WHOLE_READ_LIMIT, checked) before the status line
     # goes out, so a damaged single instance is a 503, not a transfer cut in the middle.
-    # Later parts of a study can only abort the transfer: the status is already sent.
-    first = await run_in_threadpool(next, bodies)
-    boundary = new_boundary()
+    # Later parts of a study can only abort the transfer: the status is already sent (and
+    # with a Content-Length, the client sees the body end short).
+    body = await started(stream_parts(boundary, sources))
+    length = content_length(boundary, sources)
     return StreamingResponse(
-        write_parts(boundary, chain((first,), bodies)),
+        body,
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        headers=None if length is None else {"Content-Length": str(length)},
     )
 
 
