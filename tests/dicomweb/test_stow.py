@@ -16,10 +16,13 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from fastapi import Request
 from sqlalchemy import func, select
 
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
+from dicomvault.dicomweb.app import create_app
+from dicomvault.dicomweb.responses import root_url
 from dicomvault.index.schema import events, instances, objects, patients, series, studies
 from dicomvault.model.status import FailureReason
 from dicomvault.storage import LocalStore
@@ -203,6 +206,29 @@ def test_urls_in_responses_use_the_configured_public_url(settings: Settings) -> 
     assert item[RETRIEVE_URL]["Value"][0].startswith(public)
     [header] = metadata.json()
     assert header["7FE00010"]["BulkDataURI"].startswith(public)
+
+
+@pytest.mark.parametrize("root_path", ["", "/archive"])
+def test_without_a_public_url_urls_are_the_ones_the_request_came_to(
+    archive: Archive, root_path: str
+) -> None:
+    app = create_app(archive)
+    request = Request(
+        {
+            "type": "http",
+            "app": app,
+            "router": app.router,
+            "method": "POST",
+            "scheme": "https",
+            "server": ("10.0.0.5", 8443),
+            "root_path": root_path,
+            "path": root_path + "/dicom-web/studies",
+            "query_string": b"",
+            "headers": [(b"host", b"pacs.local:8443")],
+        }
+    )
+    assert root_url(request) == f"https://pacs.local:8443{root_path}/dicom-web"
+    assert root_url(request) == str(request.url_for("dicomweb_root"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from dicomvault.api import changefeed, manage
 from dicomvault.archive import Archive
 from dicomvault.dicomweb import delete, login, pixels, qido, stow, wado
 from dicomvault.dicomweb.access import AuditMiddleware, guard
+from dicomvault.dicomweb.responses import DICOMWEB_ROOT
 from dicomvault.errors import (
     DicomVaultError,
     DuplicateConflict,
@@ -82,7 +83,7 @@ def create_app(archive: Archive) -> FastAPI:
                 return JSONResponse({"error": str(exc)}, status_code=status)
         return JSONResponse({"error": str(exc)}, status_code=500)
 
-    @app.get("/dicom-web", name="dicomweb_root", include_in_schema=False)
+    @app.get(DICOMWEB_ROOT, name="dicomweb_root", include_in_schema=False)
     async def dicomweb_root() -> dict[str, str]:
         return {"service": "DICOMweb", "version": __version__}
 
@@ -91,9 +92,9 @@ def create_app(archive: Archive) -> FastAPI:
         return {"status": "ok"}
 
     for router in (stow.router, qido.router, wado.router, pixels.router, delete.router):
-        app.include_router(router, prefix="/dicom-web")
+        app.include_router(router, prefix=DICOMWEB_ROOT)
     # STOW-RS naming the site the new studies belong to.
-    app.include_router(stow.router, prefix="/dicom-web/sites/{site}")
+    app.include_router(stow.router, prefix=DICOMWEB_ROOT + "/sites/{site}")
     app.include_router(login.router)
     app.include_router(changefeed.router)
     app.include_router(manage.router)

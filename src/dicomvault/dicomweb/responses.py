@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import Response
 
-__all__ = ["DICOM_JSON", "dicom_json_response", "json_text_response", "root_url"]
+__all__ = ["DICOMWEB_ROOT", "DICOM_JSON", "dicom_json_response", "json_text_response", "root_url"]
 
+DICOMWEB_ROOT = "/dicom-web"  # where the DICOMweb routes are mounted
 DICOM_JSON = "application/dicom+json"
 GZIP_MIN_BYTES = 1024
 
@@ -21,7 +22,9 @@ def root_url(request: Request) -> str:
     public_url = request.app.state.archive.settings.public_url
     if public_url:
         return f"{public_url.rstrip('/')}/dicom-web"
-    return str(request.url_for("dicomweb_root")).rstrip("/")
+    # As `url_for` would make it (under the proxy's root_path too), without searching
+    # every route by name on each request.
+    return str(request.base_url).rstrip("/") + DICOMWEB_ROOT
 
 
 def json_text_response(text: str, request: Request, status_code: int = 200) -> Response:
