@@ -6,7 +6,8 @@ ahead, they overlap each other and the sending (file reads and hashlib release t
 GIL), and the event loop only awaits each prepared part: no thread hop per chunk,
 which is what a streaming response over a plain iterator costs. A part too large to
 hold ahead is streamed chunk by chunk when its turn comes, and nothing past it is
-prepared until it has been sent, so a request holds at most `depth` parts.
+prepared until it has been sent, so a request holds at most `depth` parts besides
+the one being sent.
 """
 
 from __future__ import annotations
