@@ -16,7 +16,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Connection, Text, cast, select
 
 from dicomvault.errors import NotAcceptable, NotFound
 from dicomvault.index.db import Database
@@ -77,13 +77,79 @@ def _joined() -> Any:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """The study and series rows a retrieval covers, each read once.
+
+    Joining the series and study rows to every instance row looks each of them up
+    once per instance. On PostgreSQL, right after a series is stored, its row carries
+    a version for every instance (the counts are updated with each one) until vacuum
+    runs; those lookups then cost 0.3 ms each, 330 ms for a 1,000-instance study.
+    """
+
+    study_id: int
+    series_id: int | None  # when one series was asked for
+    series: dict[int, tuple[int, str]]  # series row id: (position in series order, uid)
+
+    def where(self, query: Any, sop_uid: str | None) -> Any:
+        """`query` over instances limited to this scope, in instance order within a series."""
+        query = query.where(instances.c.study_fk == self.study_id)
+        if self.series_id is not None:
+            query = query.where(instances.c.series_fk == self.series_id)
+        if sop_uid is not None:
+            query = query.where(instances.c.sop_uid == sop_uid)
+        return query.order_by(
+            instances.c.series_fk, instances.c.instance_number.nulls_last(), instances.c.id
+        )
+
+    def in_series_order(self, rows: Sequence[Any]) -> list[Any]:
+        """`rows` (series row id first) of known series, by series then instance order.
+
+        A series stored after the scope was read is left out, as if read a moment earlier.
+        """
+        known = [row for row in rows if row[0] in self.series]
+        return sorted(known, key=lambda row: self.series[row[0]][0])  # stable: keeps instance order
+
+
+def _read_scope(conn: Connection, study_uid: str, series_uid: str | None) -> _Scope | None:
+    query = (
+        select(series.c.id, series.c.series_uid, studies.c.id)
+        .join(studies, studies.c.id == series.c.study_fk)
+        .where(studies.c.study_uid == study_uid)
+        .order_by(series.c.series_number.nulls_last(), series.c.id)
+    )
+    if series_uid is not None:
+        query = query.where(series.c.series_uid == series_uid)
+    rows = conn.execute(query).all()
+    if not rows:
+        return None
+    return _Scope(
+        study_id=rows[0][2],
+        series_id=rows[0][0] if series_uid is not None else None,
+        series={row[0]: (position, row[1]) for position, row in enumerate(rows)},
+    )
+
+
 def _what(series_uid: str | None, sop_uid: str | None) -> str:
     return "instance" if sop_uid else "series" if series_uid else "study"
 
 
-_INSTANCE_COLUMNS = (
-    studies.c.study_uid,
-    series.c.series_uid,
+def _scoped_rows(
+    db: Database, query: Any, study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> tuple[_Scope, list[Any]]:
+    """The rows of `query` (over instances, series row id first) in the scope, in order.
+
+    Raises NotFound when the scope holds no instance.
+    """
+    with db.read() as conn:
+        scope = _read_scope(conn, study_uid, series_uid)
+        rows = [] if scope is None else conn.execute(scope.where(query, sop_uid)).all()
+    if scope is None or not rows:
+        raise NotFound(f"no such {_what(series_uid, sop_uid)}")
+    return scope, scope.in_series_order(rows)
+
+
+_STORED_COLUMNS = (
     instances.c.sop_uid,
     instances.c.sop_class_uid,
     instances.c.transfer_syntax,
@@ -98,7 +164,13 @@ _INSTANCE_COLUMNS = (
     instances.c.pixel_length,
     objects.c.block_sha256,
 )
-_ORDER = (series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
+_INSTANCE_COLUMNS = (studies.c.study_uid, series.c.series_uid, *_STORED_COLUMNS)
+_ORDER = (
+    series.c.series_number.nulls_last(),
+    series.c.id,
+    instances.c.instance_number.nulls_last(),
+    instances.c.id,
+)
 
 
 def _instance_select() -> Any:
@@ -111,12 +183,11 @@ def find_instances(
     db: Database, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> list[StoredInstance]:
     """The stored instances of a study, series or instance, in series/instance order."""
-    query = _scope(_instance_select(), study_uid, series_uid, sop_uid).order_by(*_ORDER)
-    with db.read() as conn:
-        rows = conn.execute(query).all()
-    if not rows:
-        raise NotFound(f"no such {_what(series_uid, sop_uid)}")
-    return [StoredInstance(*row) for row in rows]
+    query = select(instances.c.series_fk, *_STORED_COLUMNS).join(
+        objects, objects.c.id == instances.c.object_fk
+    )
+    scope, rows = _scoped_rows(db, query, study_uid, series_uid, sop_uid)
+    return [StoredInstance(study_uid, scope.series[row[0]][1], *row[1:]) for row in rows]
 
 
 def match_instances(
@@ -161,16 +232,9 @@ def headers_json(
     Headers are passed through as the database's JSON text (no per-instance parse);
     only their relative BulkDataURIs are made absolute under `base_url`.
     """
-    query = _scope(
-        select(cast(instances.c.header, Text)).select_from(_joined()),
-        study_uid,
-        series_uid,
-        sop_uid,
-    ).order_by(series.c.series_number, series.c.id, instances.c.instance_number, instances.c.id)
-    with db.read() as conn:
-        texts = conn.execute(query).scalars().all()
-    if not texts:
-        raise NotFound(f"no such {_what(series_uid, sop_uid)}")
+    query = select(instances.c.series_fk, cast(instances.c.header, Text))
+    _, rows = _scoped_rows(db, query, study_uid, series_uid, sop_uid)
+    texts = [row[1] for row in rows]
     body = "[" + ",".join(texts) + "]"
     return _BULK_URI.sub(lambda m: m.group(1) + base_url.rstrip("/") + "/", body)
 
