@@ -12,7 +12,9 @@ load, and four associations landed all on one process one time in three.
 Every process opens its own database connections and object store after the fork;
 the job workers run in the first process only. Everything that must be done once
 (schema migration, the secure-defaults check, the allocator's tuning in
-`dicomvault.allocator`) happens before the fork.
+`dicomvault.allocator`) happens before the fork. Each process, once it has built
+everything it serves with, leaves those objects out of the garbage collector's
+passes (`dicomvault.collector`).
 
 If a process of a multi-process server dies, the others are stopped and `serve`
 exits with status 1, so that the service manager restarts it whole; a child also
@@ -32,6 +34,7 @@ from typing import Any
 
 from dicomvault.allocator import tune_allocator
 from dicomvault.archive import Archive
+from dicomvault.collector import freeze_startup_objects
 from dicomvault.config import Settings
 
 __all__ = ["Plan", "dicom_listeners", "http_listener", "run"]
@@ -175,6 +178,7 @@ def _serve(
         _stop_request.server = server
         if _stop_request.requested:  # asked to stop while starting: start, then stop at once
             server.should_exit = True
+        freeze_startup_objects()
         server.run(sockets=[listener])
     finally:
         if workers is not None:
