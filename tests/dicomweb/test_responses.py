@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pydicom.valuerep import IS, DSfloat
+
 from dicomvault.dicomweb.responses import dicom_json_bytes
 
 MATCH = {
@@ -27,3 +29,15 @@ def test_the_text_is_the_standard_librarys_compact_utf8_json() -> None:
 def test_an_integer_past_64_bits_is_still_written() -> None:
     value = [{"00191001": {"vr": "UV", "Value": [2**70]}}]
     assert json.loads(dicom_json_bytes(value)) == value
+
+
+def test_pydicoms_own_value_types_are_written_as_json_numbers() -> None:
+    value = [
+        {
+            "00280030": {"vr": "DS", "Value": [DSfloat("0.5")]},
+            "00200013": {"vr": "IS", "Value": [IS("7")]},
+        }
+    ]
+    assert json.loads(dicom_json_bytes(value)) == [
+        {"00280030": {"vr": "DS", "Value": [0.5]}, "00200013": {"vr": "IS", "Value": [7]}}
+    ]
