@@ -62,7 +62,7 @@ class StoredInstance:
     blocks: bytes | None  # per-block digests of the object (storage/base.py)
 
 
-def _scope(query: Any, study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
+def _where_uids(query: Any, study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
     query = query.where(studies.c.study_uid == study_uid)
     if series_uid is not None:
         query = query.where(series.c.series_uid == series_uid)
@@ -241,7 +241,7 @@ def headers_json(
 
 def instance_header(db: Database, study_uid: str, series_uid: str, sop_uid: str) -> dict[str, Any]:
     """One instance's DICOM JSON header as indexed at ingest (BulkDataURIs still relative)."""
-    query = _scope(
+    query = _where_uids(
         select(instances.c.header).select_from(_joined()), study_uid, series_uid, sop_uid
     )
     with db.read() as conn:
