@@ -200,8 +200,9 @@ class ImageInstance:
         Objects recorded before block digests existed are read unchecked here (a
         whole-object read, as for compressed frames, is checked by its SHA-256).
         """
-        if self.stored.blocks:
-            return verified_range(self.store, self.stored.key, start, end, self.stored.blocks)
+        blocks = self.stored.blocks
+        if blocks:
+            return verified_range(self.store, self.stored.key, start, end, blocks)
         return self.store.iter_bytes(self.stored.key, start, end)
 
     def _ranged_frame(self, number: int) -> bytes:

@@ -234,7 +234,7 @@ class Ingestor:
                 "key": put.key,
                 "size": put.size,
                 "sha256": put.sha256,
-                "block_sha256": put.blocks or None,
+                "block_blake3": put.blocks.digests or None,
             },
         ).scalar_one()
         provenance = _fit(instances, _provenance(origin))

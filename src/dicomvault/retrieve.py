@@ -22,7 +22,7 @@ from dicomvault.errors import NotAcceptable, NotFound
 from dicomvault.index.db import Database
 from dicomvault.index.schema import instances, objects, patients, series, studies
 from dicomvault.model.transfer_syntax import TRANSCODE_TARGETS, is_native
-from dicomvault.storage import ObjectStore, read_verified, verified
+from dicomvault.storage import BlockDigests, ObjectStore, read_verified, verified
 
 __all__ = [
     "StoredInstance",
@@ -59,7 +59,17 @@ class StoredInstance:
     number_of_frames: int | None
     pixel_offset: int | None
     pixel_length: int | None
-    blocks: bytes | None  # per-block digests of the object (storage/base.py)
+    block_blake3: bytes | None  # per-block digests of the object (storage/base.py)
+    block_sha256: bytes | None  # ... of objects written before BLAKE3
+
+    @property
+    def blocks(self) -> BlockDigests | None:
+        """The object's block digests, if it was written with any."""
+        if self.block_blake3:
+            return BlockDigests(self.block_blake3, "blake3")
+        if self.block_sha256:
+            return BlockDigests(self.block_sha256, "sha256")
+        return None
 
 
 def _where_uids(query: Any, study_uid: str, series_uid: str | None, sop_uid: str | None) -> Any:
@@ -162,6 +172,7 @@ _STORED_COLUMNS = (
     instances.c.number_of_frames,
     instances.c.pixel_offset,
     instances.c.pixel_length,
+    objects.c.block_blake3,
     objects.c.block_sha256,
 )
 _INSTANCE_COLUMNS = (studies.c.study_uid, series.c.series_uid, *_STORED_COLUMNS)
@@ -279,15 +290,15 @@ def element_value(store: ObjectStore, instance: StoredInstance, path: str) -> by
 
 
 def instance_bytes(store: ObjectStore, instance: StoredInstance) -> Iterator[bytes]:
-    """The stored Part 10 bytes, checked against their recorded SHA-256."""
+    """The stored Part 10 bytes, checked against their recorded block digests (or SHA-256)."""
     if instance.size <= WHOLE_READ_LIMIT:
-        return iter((read_verified(store, instance.key, instance.sha256, instance.blocks or b""),))
-    return verified(store, instance.key, instance.sha256, instance.blocks or b"")
+        return iter((read_verified(store, instance.key, instance.sha256, instance.blocks),))
+    return verified(store, instance.key, instance.sha256, instance.blocks)
 
 
 def load_dataset(store: ObjectStore, instance: StoredInstance) -> Dataset:
     """The whole instance parsed by pydicom, after its SHA-256 has been checked."""
-    data = read_verified(store, instance.key, instance.sha256, instance.blocks or b"")
+    data = read_verified(store, instance.key, instance.sha256, instance.blocks)
     return pydicom.dcmread(BytesIO(data))
 
 

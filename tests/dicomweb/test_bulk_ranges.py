@@ -4,6 +4,7 @@ multipart answers."""
 
 from __future__ import annotations
 
+import hashlib
 from io import BytesIO
 
 import httpx
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless
+from sqlalchemy import select, update
 
 from dicomvault.archive import Archive
+from dicomvault.index.schema import objects
 from dicomvault.storage.base import BLOCK_SIZE
 from dicomvault.synthetic import ct_image, dataset, to_bytes, uid
 from tests.support.tamper import rewrite_object
@@ -143,3 +146,36 @@ def test_a_range_is_checked_against_the_blocks_it_reads(
     assert _get(url, "bytes=-1").status_code == 503
     with pytest.raises(httpx.RemoteProtocolError):
         _get(url)
+
+
+def test_an_object_with_sha256_block_digests_is_still_checked(
+    archive: Archive, pixels: dict[str, bytes], server: str
+) -> None:
+    """Objects recorded before block digests were BLAKE3 have SHA-256 ones (block_sha256
+    set, block_blake3 NULL): their ranges are still read by block and checked, with
+    SHA-256, and a damaged block is still refused."""
+    with archive.db.write() as conn:
+        key = conn.execute(
+            select(objects.c.key).where(objects.c.sop_uid == _sop("big"))
+        ).scalar_one()
+        data = b"".join(archive.store.iter_bytes(key))
+        legacy = b"".join(
+            hashlib.sha256(data[at : at + BLOCK_SIZE]).digest()
+            for at in range(0, len(data), BLOCK_SIZE)
+        )
+        conn.execute(
+            update(objects)
+            .where(objects.c.key == key)
+            .values(block_sha256=legacy, block_blake3=None)
+        )
+    value = pixels["big"]
+    url = _url(server, "big")
+    assert _partial(_get(url, "bytes=100-199"), 100, 200, len(value)) == value[100:200]
+    assert _get(url).content == value
+
+    def flip_last_byte(data: bytearray) -> None:
+        data[-1] ^= 0xFF
+
+    rewrite_object(archive, _sop("big"), flip_last_byte)
+    assert _partial(_get(url, "bytes=100-199"), 100, 200, len(value)) == value[100:200]
+    assert _get(url, "bytes=-1").status_code == 503

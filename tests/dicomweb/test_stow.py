@@ -335,13 +335,15 @@ def _break_store(archive: Archive) -> Callable[[], None]:
     Returns the repair.
     """
     if isinstance(archive.store, LocalStore):
-        staging = archive.store.root / ".tmp"
-        staging.rmdir()
-        staging.write_bytes(b"")  # the staging directory is now a file: every put fails
+        archive.store.prepare()  # the fan-out directories, as `serve` makes them at start
+        objects_dir = archive.store.root / "instances"
+        aside = archive.store.root / "instances.aside"
+        objects_dir.rename(aside)
+        objects_dir.write_bytes(b"")  # the objects' directory is now a file: every put fails
 
         def repair_local() -> None:
-            staging.unlink()
-            staging.mkdir()
+            objects_dir.unlink()
+            aside.rename(objects_dir)
 
         return repair_local
     settings = archive.settings

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from dicomvault.errors import ChecksumMismatch, ObjectNotFound, StorageError
 from dicomvault.storage import (
@@ -18,19 +21,29 @@ from dicomvault.storage import (
     read_range_verified,
     verified,
 )
-from dicomvault.storage.base import BLOCK_SIZE
+from dicomvault.storage.base import BLOCK_SIZE, BlockDigests
 from dicomvault.storage.crypto import EncryptedStore
 from dicomvault.storage.keys import FileMasterKey, KeyRing
 from dicomvault.storage.s3 import S3Store
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
 
-@pytest.fixture(params=["local", "memory", "s3", "encrypted-local", "encrypted-s3"])
+def _local(root: Path, unnamed: bool = True) -> LocalStore:
+    """A local store; `unnamed` False: as on a file system without O_TMPFILE, objects
+    are written under a temporary name first (storage/local.py)."""
+    store = LocalStore(root)
+    store._unnamed = unnamed
+    return store
+
+
+@pytest.fixture(params=["local", "local-named", "memory", "s3", "encrypted-local", "encrypted-s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     kind = str(request.param)
     plain: ObjectStore
     if kind.endswith("local"):
-        plain = LocalStore(tmp_path / "objects")
+        plain = _local(tmp_path / "objects")
+    elif kind == "local-named":
+        plain = _local(tmp_path / "objects", unnamed=False)
     elif kind == "memory":
         plain = MemoryStore()
     else:
@@ -131,7 +144,7 @@ def test_verified_read_detects_a_wrong_checksum(store: ObjectStore) -> None:
         b"".join(verified(store, key, hashlib.sha256(b"other").hexdigest()))
 
 
-def _put_blocks(store: ObjectStore, data: bytes) -> tuple[str, bytes]:
+def _put_blocks(store: ObjectStore, data: bytes) -> tuple[str, BlockDigests]:
     key = new_key()
     result = store.put(key, [data[i : i + 300_000] for i in range(0, len(data), 300_000)])
     return key, result.blocks
@@ -146,10 +159,42 @@ def test_put_records_a_digest_per_block(store: ObjectStore) -> None:
     data = secrets.token_bytes(2 * BLOCK_SIZE + 1000)
     _key, blocks = _put_blocks(store, data)
     expected = b"".join(
-        hashlib.sha256(data[i : i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)
+        blake3(data[i : i + BLOCK_SIZE]).digest() for i in range(0, len(data), BLOCK_SIZE)
     )
-    assert blocks == expected
-    assert len(blocks) == 3 * 32
+    assert blocks == BlockDigests(expected, "blake3")
+    assert len(blocks) == 3
+
+
+def test_sha256_block_digests_of_older_objects_are_still_checked(store: ObjectStore) -> None:
+    """Objects recorded before BLAKE3 carry SHA-256 block digests: they must keep
+    serving checked, and a damaged block must still be refused."""
+    data = secrets.token_bytes(2 * BLOCK_SIZE + 1000)
+    key = new_key()
+    store.put(key, [data])
+    legacy = BlockDigests(
+        b"".join(
+            hashlib.sha256(data[i : i + BLOCK_SIZE]).digest()
+            for i in range(0, len(data), BLOCK_SIZE)
+        ),
+        "sha256",
+    )
+    assert (
+        read_range_verified(store, key, BLOCK_SIZE - 5, 10, legacy) == data[BLOCK_SIZE - 5 :][:10]
+    )
+    assert b"".join(verified(store, key, hashlib.sha256(data).hexdigest(), legacy)) == data
+    # The same digests read as BLAKE3 ones do not match: the algorithm is honoured.
+    with pytest.raises(ChecksumMismatch, match="block 0"):
+        read_range_verified(store, key, 0, 10, BlockDigests(legacy.digests, "blake3"))
+    damaged = bytearray(data)
+    damaged[10] ^= 1
+    _replace(store, key, bytes(damaged))
+    with pytest.raises(ChecksumMismatch, match="block 0"):
+        read_range_verified(store, key, 0, 10, legacy)
+
+
+def test_an_unknown_block_digest_algorithm_is_refused() -> None:
+    with pytest.raises(ValueError, match="md5"):
+        BlockDigests(b"", "md5")
 
 
 def test_checked_ranges_read_back_exactly(store: ObjectStore) -> None:
@@ -205,8 +250,9 @@ def test_local_store_rejects_unsafe_keys(tmp_path: Path) -> None:
             store.put(key, [b"x"])
 
 
-def test_local_store_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path)
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_local_store_leaves_no_temp_file_on_failure(tmp_path: Path, unnamed: bool) -> None:
+    store = _local(tmp_path, unnamed)
 
     def broken() -> Iterator[bytes]:
         yield b"partial"
@@ -215,6 +261,49 @@ def test_local_store_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="went away"):
         store.put(new_key(), broken())
     assert list(store.list()) == []
+    assert list((tmp_path / ".tmp").iterdir()) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_local_store_writes_unnamed_files_where_it_can(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On this file system the object is linked from its open unnamed file, never from
+    a temporary name; where O_TMPFILE is refused, the store falls back to temporary
+    names for good, and both read back."""
+    linked: list[str] = []
+    real_link = os.link
+
+    def recording_link(src: str, dst: str, **kwargs: object) -> None:
+        linked.append(str(src))
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", recording_link)
+    store = LocalStore(tmp_path)
+    first = new_key()
+    store.put(first, [b"unnamed"])
+    assert linked[-1].startswith("/proc/self/fd/")
+
+    real_open = os.open
+
+    def no_tmpfile(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    second, third = new_key(), new_key()
+    store.put(second, [b"named"])
+    assert Path(linked[-1]).parent == tmp_path / ".tmp"
+    assert store._unnamed is False  # not tried again
+    monkeypatch.setattr(os, "open", real_open)
+    store.put(third, [b"named too"])
+    assert Path(linked[-1]).parent == tmp_path / ".tmp"
+    assert [b"".join(store.iter_bytes(k)) for k in (first, second, third)] == [
+        b"unnamed",
+        b"named",
+        b"named too",
+    ]
     assert list((tmp_path / ".tmp").iterdir()) == []
 
 

@@ -9,18 +9,21 @@ import threading
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
-from dicomvault.storage.base import BLOCK_SIZE, HashingReader, new_key
+from dicomvault.storage.base import BLOCK_SIZE, BlockDigests, HashingReader, new_key
 from dicomvault.storage.local import LocalStore
 
 DATA = os.urandom(3 * BLOCK_SIZE + 12345)
 CHUNKS = [DATA[:128], DATA[128 : BLOCK_SIZE + 7], DATA[BLOCK_SIZE + 7 :]]
 
 
-def _expected_blocks() -> bytes:
-    return b"".join(
-        hashlib.sha256(DATA[at : at + BLOCK_SIZE]).digest()
-        for at in range(0, len(DATA), BLOCK_SIZE)
+def _expected_blocks() -> BlockDigests:
+    return BlockDigests(
+        b"".join(
+            blake3(DATA[at : at + BLOCK_SIZE]).digest() for at in range(0, len(DATA), BLOCK_SIZE)
+        ),
+        "blake3",
     )
 
 

@@ -162,8 +162,11 @@ objects = Table(
     Column("key", Text, nullable=False, unique=True),
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
-    # SHA-256 of each 1 MiB block, concatenated (storage/base.py): ranges are checked
-    # by reading only their blocks. NULL for objects written before block digests.
+    # The digest of each 1 MiB block, concatenated (storage/base.py): ranges are
+    # checked by reading only their blocks, and streams block by block. BLAKE3 for
+    # objects written now; SHA-256 for objects written before BLAKE3 (block_blake3
+    # NULL); both NULL for objects written before block digests.
+    Column("block_blake3", LargeBinary),
     Column("block_sha256", LargeBinary),
     Column("tier", String(16), nullable=False, server_default="hot"),
     # current: served for its instance; superseded: an older version kept by policy.

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 from dicomvault.config import Settings
 from dicomvault.storage.aws import client_from_settings
 from dicomvault.storage.base import (
+    BlockDigests,
     ObjectInfo,
     ObjectStore,
     PutResult,
@@ -31,6 +32,7 @@ from dicomvault.storage.local import LocalStore
 from dicomvault.storage.memory import MemoryStore
 
 __all__ = [
+    "BlockDigests",
     "LocalStore",
     "MemoryStore",
     "ObjectInfo",

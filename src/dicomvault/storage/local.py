@@ -1,7 +1,19 @@
-"""Objects as files under a directory: atomic create (temp + fsync + link) and ranged reads."""
+"""Objects as files under a directory: atomic create (unnamed file + fsync + link) and
+ranged reads.
+
+A new object is written as an unnamed file in its final directory (`O_TMPFILE`),
+synced, then given its name with `link`, which refuses to replace an existing key
+(`rename` would do so silently), and the directory is synced. A crash before the link
+leaves nothing behind. On a file system without unnamed files, or without `/proc`
+to link one from, the object is written as a named temporary file under `.tmp/`
+first, linked, and the temporary name removed: two more directory changes per
+object (measured: 0.1 ms of CPU and 0.14 ms of wall time of a small instance's
+ingest, about 7%).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterable, Iterator
@@ -21,6 +33,8 @@ _DIR_CACHE = 70_000  # the fan-out directories, and those of keys from older lay
 # slice's two hashes (whole and blocks) take about as long as its fsync. Larger
 # objects are hashed as they are written, so memory stays bounded.
 _HASH_WHILE_SYNCING = 8 * CHUNK_SIZE
+# What open(O_TMPFILE) fails with where unnamed files are not supported.
+_NO_UNNAMED_FILES = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 _sync_pools: dict[int, ThreadPoolExecutor] = {}
 
 
@@ -44,6 +58,8 @@ class LocalStore:
         (self.root / _TMP).mkdir(parents=True, exist_ok=True)
         self._dirs: set[Path] = set()  # directories known to exist (see _ensure_dir)
         self._fanout_ready = False
+        # Unnamed files (see the module doc) need O_TMPFILE and /proc to link them from.
+        self._unnamed = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith(("/", _TMP)) or ".." in key.split("/"):
@@ -52,37 +68,60 @@ class LocalStore:
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
         final = self._path(key)
-        tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_SYNCING)
         try:
             if not self._fanout_ready:
                 self.prepare()
-            self._ensure_dir(final.parent)
-            with open(tmp, "xb") as out:
-                for chunk in reader:
-                    out.write(chunk)
-                out.flush()
-                synced = _sync_pool().submit(os.fsync, out.fileno())
-                try:
-                    reader.finish()  # both wait on the disk or hash without the GIL
-                finally:
-                    synced.result()  # before the file closes under the sync
-            # link() refuses to replace an existing key, which rename() would do silently.
+            directory = self._open_dir(final.parent)
             try:
-                os.link(tmp, final)
-            except FileNotFoundError:  # its directory was removed behind our back
-                self._dirs.discard(final.parent)
-                self._ensure_dir(final.parent)
-                os.link(tmp, final)
-            _fsync_dir(final.parent)
+                if not (self._unnamed and self._put_unnamed(directory, final.name, reader)):
+                    self._put_named(directory, final.name, reader)
+                os.fsync(directory)  # the new name survives a power cut
+            finally:
+                os.close(directory)
         except FileExistsError:
             raise
         except OSError as exc:  # a full disk, a read-only mount: one error type for callers
             raise StorageError(f"cannot write object {key}: {exc.strerror or exc}") from exc
+        return reader.result(key)
+
+    def _open_dir(self, path: Path) -> int:
+        """The directory an object goes in, opened (made first if need be)."""
+        self._ensure_dir(path)
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # removed behind our back since we made it
+            self._dirs.discard(path)
+            self._ensure_dir(path)
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def _put_unnamed(self, directory: int, name: str, reader: HashingReader) -> bool:
+        """Write and sync an unnamed file in `directory`, then link it as `name`; False
+        (nothing written) when the file system has no unnamed files."""
+        try:
+            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644, dir_fd=directory)
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED_FILES:
+                raise
+            self._unnamed = False
+            return False
+        with open(fd, "wb") as out:
+            _write_synced(out, reader)
+            # The /proc path names the open file; following it links the file itself.
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory, follow_symlinks=True)
+        return True
+
+    def _put_named(self, directory: int, name: str, reader: HashingReader) -> None:
+        """Write and sync a named temporary file under `.tmp/`, link it as `name`, and
+        remove the temporary name (also when anything failed)."""
+        tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
+        try:
+            with open(tmp, "xb") as out:
+                _write_synced(out, reader)
+            os.link(tmp, name, dst_dir_fd=directory)
         finally:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
                 tmp.unlink(missing_ok=True)
-        return reader.result(key)
 
     def prepare(self) -> None:
         """Create every fan-out directory of `new_key` at once (unless the last one is
@@ -166,6 +205,19 @@ def _iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]
             if remaining is not None:
                 remaining -= len(chunk)
             yield chunk
+
+
+def _write_synced(out: BinaryIO, reader: HashingReader) -> None:
+    """Write every chunk of `reader` to `out` and sync it; the chunks still to hash
+    (`lag_bytes`) are hashed while the disk syncs, both without the GIL."""
+    for chunk in reader:
+        out.write(chunk)
+    out.flush()
+    synced = _sync_pool().submit(os.fsync, out.fileno())
+    try:
+        reader.finish()
+    finally:
+        synced.result()  # before the file closes under the sync
 
 
 def _fsync_dir(path: Path) -> None:
