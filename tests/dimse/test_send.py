@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
+import pytest
 from pydicom import dcmread
 from sqlalchemy import update
 
 from dicomvault import jobs
 from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer, registry
-from dicomvault.dimse.routing import SEND_JOB
+from dicomvault.dimse.routing import SEND_JOB, autoroute, autoroute_many
+from dicomvault.index.db import Database
 from dicomvault.index.schema import jobs as job_rows
 from dicomvault.jobs.queue import list_jobs, now
 from dicomvault.jobs.worker import Worker
@@ -137,3 +140,40 @@ def test_every_instance_from_a_routed_ae_is_forwarded(
             pass
     assert _received(tmp_path / "pacs") == sops
     assert {j.state for j in list_jobs(archive.db, kind=SEND_JOB)} == {"done"}
+
+
+def test_a_batch_of_events_is_routed_with_one_read_of_each_aes_routes(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HSR_PACS", "BACKUP"):
+        registry.add(archive.db, registry.KnownAE(name, "127.0.0.1", 104))
+    registry.add_route(archive.db, "RAJ_MR1", "HSR_PACS")
+    registry.add_route(archive.db, "RAJ_MR1", "BACKUP")
+    reads: list[str] = []
+    routes_from = registry.routes_from
+
+    def counted(db: Database, from_aet: str) -> list[registry.Route]:
+        reads.append(from_aet)
+        return routes_from(db, from_aet)
+
+    monkeypatch.setattr(registry, "routes_from", counted)
+
+    def event(sop: str, calling: str | None) -> dict[str, Any]:
+        return {"kind": "instance.stored", "sop_uid": sop, "payload": {"calling_aet": calling}}
+
+    batch = [
+        event("1.1", "RAJ_MR1"),
+        event("1.2", "CT_2"),  # an AE without routes
+        event("1.3", None),  # over DICOMweb: no calling AE
+        event("1.4", "RAJ_MR1"),
+        event("1.1", "RAJ_MR1"),  # an event seen twice queues nothing twice
+    ]
+    autoroute_many(archive, batch)
+    assert sorted(reads) == ["CT_2", "RAJ_MR1"]
+    queued = list_jobs(archive.db, kind=SEND_JOB)
+    assert sorted((j.payload["to"], j.payload["sop_uids"][0]) for j in queued) == [
+        ("BACKUP", "1.1"), ("BACKUP", "1.4"), ("HSR_PACS", "1.1"), ("HSR_PACS", "1.4"),
+    ]  # fmt: skip
+    # One event alone (the worker's fallback when a batch fails) does the same.
+    autoroute(archive, event("1.5", "RAJ_MR1"))
+    assert len(list_jobs(archive.db, kind=SEND_JOB)) == 6

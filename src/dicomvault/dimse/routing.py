@@ -25,7 +25,7 @@ from dicomvault.retrieve import find_instances, match_instances
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
 
-__all__ = ["SEND_JOB", "autoroute", "send_job"]
+__all__ = ["SEND_JOB", "autoroute", "autoroute_many", "send_job"]
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +57,35 @@ def send_job(archive: Archive, payload: dict[str, Any]) -> None:
     log.info("sent %d instances to %s", len(instances), known.ae_title)
 
 
-@jobs.on_event("instance.stored", name="autoroute")
-def autoroute(archive: Archive, event: dict[str, Any]) -> None:
-    """Queue the forwarding of an instance received from an AE that has routes."""
-    calling = (event.get("payload") or {}).get("calling_aet")
-    if not calling:
-        return
-    routes = registry.routes_from(archive.db, calling)
-    if not routes:
+def autoroute_many(archive: Archive, events: list[dict[str, Any]]) -> None:
+    """Queue the forwarding of the instances of `events` received from AEs with routes.
+
+    The routes of each calling AE are read once per batch, and the jobs of the whole
+    batch are queued in one transaction: during a busy C-STORE session every event
+    comes from a few AEs, and reading the routes per instance was a read transaction
+    per instance stored."""
+    routes: dict[str, list[registry.Route]] = {}
+    queued = []
+    for event in events:
+        calling = (event.get("payload") or {}).get("calling_aet")
+        if not calling:
+            continue
+        if calling not in routes:
+            routes[calling] = registry.routes_from(archive.db, calling)
+        queued += [(route, event) for route in routes[calling]]
+    if not queued:
         return
     with archive.db.write() as conn:
-        for route in routes:
+        for route, event in queued:
             jobs.enqueue(
                 conn,
                 SEND_JOB,
                 {"to": route.to_aet, "sop_uids": [event["sop_uid"]], "route": route.id},
                 key=f"route:{route.id}:{event['sop_uid']}",
             )
+
+
+@jobs.on_event("instance.stored", name="autoroute", batch=autoroute_many)
+def autoroute(archive: Archive, event: dict[str, Any]) -> None:
+    """Queue the forwarding of an instance received from an AE that has routes."""
+    autoroute_many(archive, [event])
