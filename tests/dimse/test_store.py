@@ -24,7 +24,12 @@ from pynetdicom import AE
 
 from dicomvault.archive import Archive
 from dicomvault.dimse import DimseServer
-from dicomvault.dimse.store import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION, file_meta
+from dicomvault.dimse.store import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION,
+    file_meta,
+    part10,
+)
 from dicomvault.synthetic import dataset, to_bytes, uid
 from tests.support.dcmtk import dcmtk
 from tests.support.dicom_files import parse_multipart
@@ -52,6 +57,35 @@ def test_file_meta_is_what_pydicom_writes() -> None:
         expected = BytesIO()
         write_file_meta_info(expected, meta, enforce_standard=True)  # type: ignore[arg-type]
         assert file_meta(sop_class, sop_instance, syntax) == expected.getvalue()
+
+
+@pytest.mark.parametrize("spool", [1 << 20, 0])
+def test_part10_wraps_the_received_bytes_in_memory_or_in_a_file(spool: int) -> None:
+    """Up to the spool size the Part 10 file is made in memory, past it in a temporary
+    file (a large instance is not held twice in memory); the bytes are the same."""
+    received = BytesIO(b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.2\x00")
+    with received.getbuffer() as view:
+        fp = part10("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian, view, spool)
+    with fp:
+        assert isinstance(fp, BytesIO) == (spool > 0)
+        if spool == 0:
+            assert fp.fileno() >= 0  # a real file, not memory
+        meta = file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", ExplicitVRLittleEndian)
+        assert fp.read() == b"\x00" * 128 + b"DICM" + meta + received.getvalue()
+    received.write(b"more")  # the view was released: pynetdicom's buffer may grow again
+
+
+def test_storescu_instance_past_the_memory_spool_is_stored_as_sent(
+    dimse: DimseServer, archive: Archive, tmp_path: Path
+) -> None:
+    archive.settings = archive.settings.model_copy(update={"spool_memory_bytes": 0})
+    raw = to_bytes(_instance("dimse/spooled"))
+    (tmp_path / "one.dcm").write_bytes(raw)
+    done = dcmtk("storescu", "-aec", "DICOMVAULT", "127.0.0.1", dimse.port, tmp_path / "one.dcm")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [stored] = archive.store.list("")
+    kept = b"".join(archive.store.iter_bytes(stored.key))
+    assert _dataset_bytes(kept) == _dataset_bytes(raw)
 
 
 def _dataset_bytes(part10: bytes) -> bytes:

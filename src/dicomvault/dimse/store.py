@@ -10,7 +10,8 @@ the peer learns whether to retry (0xA700) or not (0xA900, 0xC000).
 from __future__ import annotations
 
 import logging
-from tempfile import SpooledTemporaryFile
+from io import BytesIO
+from tempfile import TemporaryFile
 from typing import IO, Any
 
 from pydicom.dataset import Dataset
@@ -48,12 +49,19 @@ def status(code: int, comment: str | None = None) -> Dataset:
 
 
 def part10(
-    sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes, spool: int
+    sop_class: str, sop_instance: str, transfer_syntax: str, dataset: memoryview, spool: int
 ) -> IO[bytes]:
-    """The Part 10 file of a received dataset: preamble, file meta, the bytes as received."""
-    fp: IO[bytes] = SpooledTemporaryFile(max_size=spool)  # noqa: SIM115 - handed to the caller
-    fp.write(b"\x00" * 128 + b"DICM")
-    fp.write(file_meta(sop_class, sop_instance, transfer_syntax))
+    """The Part 10 file of a received dataset: preamble, file meta, the bytes as received.
+
+    `dataset` is a view of the bytes pynetdicom gathered, not a copy of them. Up to
+    `spool` bytes, the file is one bytes object (one copy; pydicom then reads it through
+    C calls); a larger dataset goes to a temporary file, so that a large instance is
+    not held twice in memory."""
+    head = b"\x00" * 128 + b"DICM" + file_meta(sop_class, sop_instance, transfer_syntax)
+    if len(head) + len(dataset) <= spool:
+        return BytesIO(b"".join((head, dataset)))
+    fp: IO[bytes] = TemporaryFile()  # noqa: SIM115 - handed to the caller
+    fp.write(head)
     fp.write(dataset)
     fp.seek(0)
     return fp
@@ -132,13 +140,16 @@ class StoreHandler:
         """The C-STORE status, and the study stored into (None when nothing was)."""
         request = event.request
         try:
-            with part10(
-                str(request.AffectedSOPClassUID),
-                sop_uid,
-                str(event.context.transfer_syntax),
-                request.DataSet.getvalue(),
-                self.archive.settings.spool_memory_bytes,
-            ) as fp:
+            with (
+                request.DataSet.getbuffer() as dataset,
+                part10(
+                    str(request.AffectedSOPClassUID),
+                    sop_uid,
+                    str(event.context.transfer_syntax),
+                    dataset,
+                    self.archive.settings.spool_memory_bytes,
+                ) as fp,
+            ):
                 result = self.archive.ingestor.ingest(fp, origin=origin)
         except StudyMismatch as exc:
             log.info("C-STORE of %s from %s refused: %s", sop_uid, origin.calling_aet, exc)
