@@ -152,7 +152,7 @@ class HashingReader:
 
     With `lag_bytes`, chunks are handed on before they are hashed, and up to that many
     bytes wait to be hashed until `finish` (or until more would wait): the local store
-    hashes them while the disk syncs the object, instead of before.
+    hashes them while the disk writes the object, instead of before.
     """
 
     def __init__(self, chunks: Iterable[bytes], lag_bytes: int = 0) -> None:
