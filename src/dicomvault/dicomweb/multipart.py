@@ -1,8 +1,10 @@
 """multipart/related: a streaming reader for STOW-RS bodies and a writer for WADO-RS.
 
-The reader spools each part to a SpooledTemporaryFile (memory up to a threshold,
-then disk), so a 2 GB instance never sits in memory, and refuses bodies that do
-not begin with the boundary or never close it.
+The reader keeps each part in memory up to a threshold and moves it to a temporary
+file past it, so a 2 GB instance never sits in memory, and refuses bodies that do
+not begin with the boundary or never close it. A part is handed on as the plain
+`BytesIO` or file it is in (not a `SpooledTemporaryFile`, whose every read, seek and
+tell is a Python call in front of the real one: the header parse makes hundreds).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import IO
 
 from python_multipart.exceptions import MultipartParseError
@@ -79,13 +82,15 @@ async def read_parts(
         state.field_value.clear()
 
     def headers_finished() -> None:
-        spool = tempfile.SpooledTemporaryFile(max_size=state.spool_bytes)  # noqa: SIM115 - owned by the Part
-        state.current = Part(headers=state.headers, file=spool)
+        state.current = Part(headers=state.headers, file=BytesIO())
 
     def part_data(data: bytes, start: int, end: int) -> None:
-        assert state.current is not None
-        state.current.file.write(data[start:end])
-        state.current.size += end - start
+        part = state.current
+        assert part is not None
+        if part.size + end - start > state.spool_bytes and isinstance(part.file, BytesIO):
+            part.file = _to_disk(part.file)
+        part.file.write(memoryview(data)[start:end])
+        part.size += end - start
 
     def part_end() -> None:
         assert state.current is not None
@@ -130,6 +135,15 @@ async def read_parts(
             state.current.file.close()
         raise MultipartError("the multipart body ends without its closing boundary")
     return state.parts
+
+
+def _to_disk(memory: BytesIO) -> IO[bytes]:
+    """A temporary file holding what `memory` held, positioned at its end."""
+    disk = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the Part
+    with memory.getbuffer() as held:
+        disk.write(held)
+    memory.close()
+    return disk
 
 
 def close_parts(parts: Iterable[Part]) -> None:
