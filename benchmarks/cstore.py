@@ -31,6 +31,9 @@ def storescu(
             path.write_bytes(data)
             groups[index % associations].append(str(path))
         env = {**os.environ, "TCP_NODELAY": "1"}
+        # The files just written are written back to the disk now, not while the
+        # server under test syncs its own writes (which it then waits behind).
+        os.sync()
         started = time.perf_counter()
         processes = [
             subprocess.Popen(
