@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import multiprocessing
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -97,4 +98,27 @@ def test_a_write_that_fails_lets_other_processes_write(tmp_path: Path) -> None:
     assert _other_process_can_lock(lock_file)
     with db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 0  # rolled back
+    db.dispose()
+
+
+def test_a_write_transaction_is_immediate_and_a_read_one_a_snapshot(tmp_path: Path) -> None:
+    """The BEGIN each transaction starts with reaches SQLite: a write transaction holds
+    the write lock from its first moment (another connection cannot start one), and a
+    read transaction keeps seeing what it saw first while another connection commits."""
+    path = tmp_path / "index.sqlite3"
+    db = Database(f"sqlite:///{path}")
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with db.write() as conn:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+        other.execute("INSERT INTO t VALUES (2)")
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 1
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 2
+    other.close()
     db.dispose()
