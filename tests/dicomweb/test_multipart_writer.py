@@ -46,7 +46,7 @@ def test_parts_past_the_spool_size_are_read_back_from_a_temporary_file() -> None
         assert [not isinstance(part.file, BytesIO) for part in read] == on_disk
         assert [part.file.read() for part in read] == [small, large]
         assert [part.size for part in read] == [len(small), len(large)]
-        for part in read:
-            if on_disk[read.index(part)]:
+        for part, disk in zip(read, on_disk, strict=True):
+            if disk:
                 assert part.file.fileno() >= 0
             part.file.close()
