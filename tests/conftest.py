@@ -19,6 +19,7 @@ from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index.db import Database
 from dicomvault.index.schema import metadata
+from dicomvault.storage.local import LocalStore
 from tests.support.live import running_server
 from tests.support.pki import make_pki
 from tests.support.postgres import TempPostgres, find_bin
@@ -79,6 +80,25 @@ def _clean_postgres(url: str) -> None:
             conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     finally:
         db.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _fanout_on_demand(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk stores make each fan-out directory when an object first needs it.
+
+    A fresh archive's first put otherwise makes all 4,096 at once: the right trade
+    for a data directory that lives for years, but up to a second and a half here for
+    each of hundreds of archives that hold a few objects (a third of the DICOMweb
+    tests' time was spent making them). Directories made on demand go through the
+    store's own code, the path a store takes for keys of older layouts. Tests about
+    the fan-out itself are marked `fanout` and get the real `prepare`.
+    """
+    if request.node.get_closest_marker("fanout") is None:
+        monkeypatch.setattr(LocalStore, "prepare", _prepare_nothing)
+
+
+def _prepare_nothing(store: LocalStore) -> None:
+    store._fanout_ready = True
 
 
 @pytest.fixture(params=BACKENDS)

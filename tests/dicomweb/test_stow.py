@@ -335,8 +335,8 @@ def _break_store(archive: Archive) -> Callable[[], None]:
     Returns the repair.
     """
     if isinstance(archive.store, LocalStore):
-        archive.store.prepare()  # the fan-out directories, as `serve` makes them at start
         objects_dir = archive.store.root / "instances"
+        objects_dir.mkdir(exist_ok=True)
         aside = archive.store.root / "instances.aside"
         objects_dir.rename(aside)
         objects_dir.write_bytes(b"")  # the objects' directory is now a file: every put fails

@@ -116,7 +116,10 @@ def test_processes_sharing_the_dicom_port_take_connections_in_turn(
 ) -> None:
     """Two nodes on one shared listening socket, as the processes of `serve
     --processes 2` are: four modalities connecting at once get two each."""
+    # Waits long enough that thread scheduling cannot decide it, and not capped
+    # (the cap would make one and two connections wait alike).
     monkeypatch.setattr(server_module, "_WAIT_PER_CONNECTION", 0.2)
+    monkeypatch.setattr(server_module, "_LONGEST_WAIT", 1.0)
     listener = serving._listening_socket("127.0.0.1", 0)
     port = listener.getsockname()[1]
     nodes = [DimseServer(archive, "127.0.0.1", port, listeners={port: listener})

@@ -358,6 +358,7 @@ def test_local_store_recreates_a_directory_removed_behind_its_back(tmp_path: Pat
     assert b"".join(store.iter_bytes("instances/ab/cd/second.dcm")) == b"two"
 
 
+@pytest.mark.fanout
 def test_local_store_creates_its_fanout_once_and_puts_make_no_directory(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "objects")
     store.prepare()
@@ -375,3 +376,10 @@ def test_local_store_creates_its_fanout_once_and_puts_make_no_directory(tmp_path
     again = LocalStore(tmp_path / "objects")
     again.put(new_key(), [b"y"])
     assert sum(1 for _ in again.list("instances/")) == 201
+
+
+@pytest.mark.fanout
+def test_a_fresh_local_store_makes_its_fanout_on_the_first_put(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    store.put(new_key(), [b"x"])
+    assert sum(1 for _ in (tmp_path / "objects" / "instances").iterdir()) == 4096
