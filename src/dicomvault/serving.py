@@ -37,7 +37,7 @@ from dicomvault.archive import Archive
 from dicomvault.collector import freeze_startup_objects
 from dicomvault.config import Settings
 
-__all__ = ["Plan", "dicom_listeners", "http_listener", "run"]
+__all__ = ["HTTP_NOTSENT_LOWAT", "Plan", "dicom_listeners", "http_listener", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,25 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Unsent bytes an HTTP connection may hold in the kernel before the socket stops
+# taking more (TCP_NOTSENT_LOWAT, Linux and macOS; set on the listening socket, it is
+# inherited by every accepted connection). Without it, a retrieval hands the kernel
+# as much as its send buffer (autotuned to 4 MiB) takes in one write, and uvloop makes
+# that write holding the GIL, so the threads reading and checking the next parts
+# wait; with it, a write takes 64 KiB and the event loop's library sends the rest
+# without the GIL. It bounds what waits unsent, not what is in flight, so a
+# connection's window over a long path is not capped (a small SO_SNDBUF would be).
+# WADO-RS of a 52 MB study on loopback: 2,168-2,183 MB/s against 1,718-1,739.
+HTTP_NOTSENT_LOWAT = 64 * 1024
+
+
 def http_listener(settings: Settings) -> socket.socket:
     """The HTTP listening socket, bound once for every process."""
-    return _listening_socket(settings.host, settings.http_port)
+    sock = _listening_socket(settings.host, settings.http_port)
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, HTTP_NOTSENT_LOWAT)
+    return sock
 
 
 def dicom_listeners(settings: Settings) -> dict[int, socket.socket]:

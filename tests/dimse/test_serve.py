@@ -15,6 +15,7 @@ import pytest
 
 from dicomvault import serving
 from dicomvault.archive import Archive
+from dicomvault.config import Settings
 from dicomvault.dimse import DimseServer
 from dicomvault.dimse import server as server_module
 from dicomvault.synthetic import instance_bytes, uid
@@ -157,3 +158,19 @@ def test_a_dicom_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.close()
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{dicom}" in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="no TCP_NOTSENT_LOWAT here")
+def test_http_connections_hold_little_unsent_data(tmp_path: Path) -> None:
+    """Every connection the HTTP listener accepts inherits its TCP_NOTSENT_LOWAT, which
+    keeps a retrieval's writes small enough for the event loop (see serving.py)."""
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", http_port=0)
+    listener = serving.http_listener(settings)
+    try:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        with client, accepted:
+            lowat = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        assert lowat == serving.HTTP_NOTSENT_LOWAT
+    finally:
+        listener.close()
