@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -174,3 +175,26 @@ def test_http_connections_hold_little_unsent_data(tmp_path: Path) -> None:
         assert lowat == serving.HTTP_NOTSENT_LOWAT
     finally:
         listener.close()
+
+
+def test_connections_on_a_shared_listening_socket_get_tcp_nodelay() -> None:
+    """asyncio's loop (uvicorn's when uvloop is missing) sets TCP_NODELAY only on sockets
+    whose protocol is TCP; the listener names it, so its connections get it too."""
+    listener = serving._listening_socket("127.0.0.1", 0)
+    seen: list[int] = []
+
+    async def main() -> None:
+        def accepted(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            while not seen:
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert seen == [1]
