@@ -75,14 +75,14 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 # Unsent bytes an HTTP connection may hold in the kernel before the socket stops
-# taking more (TCP_NOTSENT_LOWAT, Linux and macOS; set on the listening socket, it is
-# inherited by every accepted connection). Without it, a retrieval hands the kernel
-# as much as its send buffer (autotuned to 4 MiB) takes in one write, and uvloop makes
-# that write holding the GIL, so the threads reading and checking the next parts
-# wait; with it, a write takes 64 KiB and the event loop's library sends the rest
-# without the GIL. It bounds what waits unsent, not what is in flight, so a
-# connection's window over a long path is not capped (a small SO_SNDBUF would be).
-# WADO-RS of a 52 MB study on loopback: 2,168-2,183 MB/s against 1,718-1,739.
+# taking more (TCP_NOTSENT_LOWAT, where the platform has it, as Linux does; set on
+# the listening socket, it is inherited by every accepted connection). Without it, a
+# retrieval hands the kernel as much as its send buffer (autotuned to 4 MiB) takes in
+# one write, and uvloop makes that write holding the GIL, so the threads reading and
+# checking the next parts wait; with it, a write takes 64 KiB and the event loop's
+# library sends the rest without the GIL. It bounds what waits unsent, not what is in
+# flight, so a connection's window over a long path is not capped (a small SO_SNDBUF
+# would be). WADO-RS of a 52 MB study on loopback: 2,168-2,183 MB/s against 1,718-1,739.
 HTTP_NOTSENT_LOWAT = 64 * 1024
 
 
