@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from tests.support.postgres import TempPostgres, find_bin
 
-from benchmarks import data, measure
+from benchmarks import data, leftovers, measure
 from benchmarks.backends import BACKENDS, backend_env
 from benchmarks.cstore import STORESCU, storescu
 from benchmarks.report import Figures, print_table
@@ -132,28 +132,35 @@ STOW_CASES = [  # (set, clients, instances per request)
 
 def _ingestion(args: argparse.Namespace, work: data.Workload, figures: Figures) -> None:
     rounds = args.rounds or (1 if args.quick else 3)
-    parts = args.only
     for round_ in range(rounds):
-        for name, factory in _alternating(_servers(args), round_):
-            with factory() as server:
-                k = 1
-                if not parts or "stow" in parts:
-                    for kind, clients, per in STOW_CASES:
-                        files = [data.variant(f, k) for f in getattr(work, kind)]
-                        k += 1
-                        result = measure.stow(server.dicomweb, files, clients, per)
-                        label = f"STOW-RS {kind} {clients} client(s) x {per}/request"
-                        figures.add(label, name, result["instances_per_s"], "inst/s")
-                        figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
-                if (not parts or "cstore" in parts) and server.dicom_port:
-                    for associations in (1, 4):
-                        files = [data.variant(f, k) for f in work.ct]
-                        k += 1
-                        result = storescu(server.dicom_port, server.ae_title, files, associations)
-                        label = f"C-STORE ct {associations} association(s)"
-                        figures.add(label, name, result["instances_per_s"], "inst/s")
-                if round_ == 0 and (not parts or "retrieve" in parts):
-                    _retrieval(server, name, work, figures, k)
+        with leftovers.deferred():
+            _ingestion_round(args, work, figures, round_)
+
+
+def _ingestion_round(
+    args: argparse.Namespace, work: data.Workload, figures: Figures, round_: int
+) -> None:
+    parts = args.only
+    for name, factory in _alternating(_servers(args), round_):
+        with factory() as server:
+            k = 1
+            if not parts or "stow" in parts:
+                for kind, clients, per in STOW_CASES:
+                    files = [data.variant(f, k) for f in getattr(work, kind)]
+                    k += 1
+                    result = measure.stow(server.dicomweb, files, clients, per)
+                    label = f"STOW-RS {kind} {clients} client(s) x {per}/request"
+                    figures.add(label, name, result["instances_per_s"], "inst/s")
+                    figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
+            if (not parts or "cstore" in parts) and server.dicom_port:
+                for associations in (1, 4):
+                    files = [data.variant(f, k) for f in work.ct]
+                    k += 1
+                    result = storescu(server.dicom_port, server.ae_title, files, associations)
+                    label = f"C-STORE ct {associations} association(s)"
+                    figures.add(label, name, result["instances_per_s"], "inst/s")
+            if round_ == 0 and (not parts or "retrieve" in parts):
+                _retrieval(server, name, work, figures, k)
 
 
 def _retrieval(server: Server, name: str, work: data.Workload, figures: Figures, k: int) -> None:
@@ -314,9 +321,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not parts or {"stow", "cstore", "retrieve"} & set(parts):
         _ingestion(args, work, figures)
     if not parts or "qido" in parts:
-        _qido(args, work, figures)
+        with leftovers.deferred():
+            _qido(args, work, figures)
     if not parts or "large" in parts:
-        _large(args, figures)
+        with leftovers.deferred():
+            _large(args, figures)
     report["figures"] = figures.as_json()
     report["seconds"] = round(time.time() - started)
     print_table(figures, report.get("disk"), STORESCU)

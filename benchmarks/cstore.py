@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from benchmarks import leftovers
 
 __all__ = ["STORESCU", "storescu"]
 
@@ -51,6 +52,6 @@ def storescu(
                 raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
         elapsed = time.perf_counter() - started
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        leftovers.remove(work)
     size = sum(len(f) for f in files)
     return {"instances_per_s": len(files) / elapsed, "mb_per_s": size / elapsed / 1e6}

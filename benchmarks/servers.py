@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks import leftovers
 
 __all__ = [
     "Server",
@@ -104,7 +105,7 @@ def dicomvault_server(env: dict[str, str], processes: int = 1) -> Iterator[Serve
         )
     finally:
         _stop(process)
-        shutil.rmtree(work, ignore_errors=True)
+        leftovers.remove(work)
 
 
 def has_dimse() -> bool:
@@ -179,4 +180,4 @@ def orthanc_server(postgres_port: int | None = None) -> Iterator[Server]:
         )
     finally:
         _stop(process)
-        shutil.rmtree(work, ignore_errors=True)
+        leftovers.remove(work)

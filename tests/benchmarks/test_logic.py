@@ -1,10 +1,11 @@
 """The benchmark's own arithmetic and instruments: percentiles, ratios, re-labelled
-workloads, and the retrieval reader."""
+workloads, the retrieval reader, and when a measurement's files are removed."""
 
 from __future__ import annotations
 
 import math
 from io import BytesIO
+from pathlib import Path
 
 import httpx
 import pydicom
@@ -13,8 +14,25 @@ from benchmarks.data import ROOT, relabel, variant
 from benchmarks.measure import AS_STORED, percentile, wado_study
 from benchmarks.report import Figures, ratio
 
+from benchmarks import leftovers
 from dicomvault.archive import Archive
 from dicomvault.synthetic import dataset, study_instances, to_bytes, uid
+
+
+def test_files_of_a_measurement_go_when_the_round_ends(tmp_path: Path) -> None:
+    first, second, alone = (tmp_path / name for name in ("first", "second", "alone"))
+    for directory in (first, second, alone):
+        (directory / "sub").mkdir(parents=True)
+        (directory / "sub" / "file").write_bytes(b"x")
+    with leftovers.deferred():
+        leftovers.remove(first)
+        with leftovers.deferred():
+            leftovers.remove(second)
+        assert not second.exists()  # the inner round is over
+        assert first.exists()  # the outer one is not
+    assert not first.exists()
+    leftovers.remove(alone)  # outside any round: at once
+    assert not alone.exists()
 
 
 def test_percentile_interpolates_between_ranks() -> None:
