@@ -204,3 +204,29 @@ def test_the_most_recent_study_brings_the_patients_current_demographics(archive:
     assert current() == ("Smith^Jane", "F")
     with archive.db.read() as conn:
         assert conn.execute(select(func.count()).select_from(patients)).scalar_one() == 1
+
+
+def test_many_instances_arriving_together_are_all_indexed(archive: Archive) -> None:
+    # Eight writers at once share index transactions (Database.group_write): new
+    # studies, series already known and new ones, all counted right.
+    files = [
+        instance_bytes(
+            study_uid=uid(f"crowd/st{n % 3}"),
+            series_uid=uid(f"crowd/se{n % 6}"),
+            sop_uid=uid(f"crowd/i{n}"),
+        )
+        for n in range(96)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda data: archive.ingestor.ingest(BytesIO(data)), files))
+    assert [r.outcome for r in results] == [Outcome.STORED] * 96
+    assert _count(archive, instances) == _count(archive, objects) == 96
+    with archive.db.read() as conn:
+        counts = conn.execute(
+            select(studies.c.num_series, studies.c.num_instances).order_by(studies.c.id)
+        ).all()
+        stored_events = conn.execute(
+            select(func.count()).select_from(events).where(events.c.kind == "instance.stored")
+        ).scalar_one()
+    assert sorted(tuple(c) for c in counts) == [(2, 32)] * 3
+    assert stored_events == 96

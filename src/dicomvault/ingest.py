@@ -209,8 +209,11 @@ class Ingestor:
     ) -> IngestResult:
         put = self.store.put(new_key(), normalized_chunks(fp))
         try:
-            with self.db.write() as conn:
-                outcome = self._index(conn, header, put, existing, origin)
+            # Instances arriving together (the parts of a request, several associations)
+            # share one index transaction on SQLite: see `Database.group_write`.
+            outcome = self.db.group_write(
+                lambda conn: self._index(conn, header, put, existing, origin)
+            )
         except BaseException:
             self.store.delete(put.key)
             raise

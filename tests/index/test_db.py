@@ -1,4 +1,5 @@
-"""The index's write transactions: how writers of several processes queue on SQLite."""
+"""The index's write transactions: how writers of several processes queue on SQLite, and
+how writers arriving together share one."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from dicomvault.index.db import Database
 
@@ -122,3 +126,43 @@ def test_a_write_transaction_is_immediate_and_a_read_one_a_snapshot(tmp_path: Pa
         assert conn.execute(text("SELECT count(*) FROM t")).scalar() == 2
     other.close()
     db.dispose()
+
+
+def test_writes_queued_together_share_a_transaction_and_a_failure_undoes_only_itself(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")  # groups are SQLite's
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE grouped (n INTEGER PRIMARY KEY)"))
+
+    def insert(n: int) -> Callable[[Connection], int]:
+        def work(conn: Connection) -> int:
+            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+            if n == 2:
+                conn.execute(text("INSERT INTO grouped VALUES (1)"))  # a duplicate key
+            return n
+
+        return work
+
+    outcomes: dict[int, object] = {}
+
+    def write(n: int) -> None:
+        try:
+            outcomes[n] = db.group_write(insert(n))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcomes[n] = exc
+
+    db._group.turn.acquire()  # the writers queue as behind a transaction under way
+    writers = [threading.Thread(target=write, args=(n,)) for n in (1, 2, 3)]
+    for writer in writers:
+        writer.start()
+    while len(db._group.queue) < 3:
+        time.sleep(0.01)
+    db._group.turn.release()
+    for writer in writers:
+        writer.join(10)
+    assert outcomes[1] == 1
+    assert outcomes[3] == 3
+    assert isinstance(outcomes[2], IntegrityError)
+    with db.read() as conn:
+        assert conn.execute(text("SELECT n FROM grouped ORDER BY n")).scalars().all() == [1, 3]

@@ -8,22 +8,33 @@ is what serializes the processes of `serve --processes N`: a waiter blocked on i
 wakes the moment the holder commits, where SQLite's own busy handler sleeps and
 polls (1, 2, 5, 10 ... ms), so under steady writes from two processes one of them
 kept losing the race. On PostgreSQL it is a plain transaction from a pool.
+
+`Database.group_write(work)` is for many small writes from many threads at once (the
+index rows of instances arriving together): on SQLite, the writes waiting when a
+transaction starts share it, each in its own savepoint, so one failing undoes only
+itself, and the queue pays for one transaction, one pass through the locks and one
+commit instead of one each. On PostgreSQL each is its own transaction, as before.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-__all__ = ["Database", "normalize_url"]
+__all__ = ["GROUP_LIMIT", "Database", "normalize_url"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+GROUP_LIMIT = 64  # most writes one group transaction takes
 
 
 def normalize_url(url: str) -> str:
@@ -40,6 +51,7 @@ class Database:
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._group = _Group()
         self._lock_path: Path | None = None
         self._lock_fd: int | None = None
         if self.is_sqlite:
@@ -79,6 +91,66 @@ class Database:
             finally:
                 if fd is not None:
                     fcntl.lockf(fd, fcntl.LOCK_UN)
+
+    def group_write(self, work: Callable[[Connection], T]) -> T:
+        """`work(conn)` in a write transaction shared with the other group writes
+        waiting when it begins; its result, or what it raised (undoing only its own
+        statements). A write that finds no other waiting runs alone, as `write` would.
+
+        The thread that takes the turn writes the queued ones as well as its own;
+        the others, finding theirs done, return at once. Should a group fail as a
+        whole, each of its writes is tried again alone."""
+        pending = _Pending(work)
+        if not self.is_sqlite:
+            # On PostgreSQL the event log's advisory lock must be the last lock a
+            # transaction takes (see `index.eventlog`); a group would take it with its
+            # first write and then wait on rows, which deadlocks between processes.
+            self._write_alone(pending)
+            return pending.result()
+        group = self._group
+        with group.queue_lock:
+            group.queue.append(pending)
+        with group.turn:
+            if not pending.done:
+                with group.queue_lock:
+                    batch = group.queue[:GROUP_LIMIT]
+                    del group.queue[:GROUP_LIMIT]
+                try:
+                    if len(batch) == 1 or not self._write_group(batch):
+                        for alone in batch:
+                            self._write_alone(alone)
+                finally:
+                    for done in batch:
+                        done.done = True
+        return pending.result()
+
+    def _write_group(self, batch: list[_Pending[Any]]) -> bool:
+        """The writes of `batch` in one transaction, each in a savepoint; False if the
+        transaction itself failed (nothing of it kept)."""
+        try:
+            with self.write() as conn:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                for pending in batch:
+                    driver.execute("SAVEPOINT group_write")
+                    if pending.run(conn):
+                        driver.execute("RELEASE SAVEPOINT group_write")
+                    else:
+                        driver.execute("ROLLBACK TO SAVEPOINT group_write")
+                        driver.execute("RELEASE SAVEPOINT group_write")
+        except Exception:  # noqa: BLE001 - each write is tried again alone
+            log.warning("a group of %d index writes failed; writing them one by one", len(batch))
+            return False
+        return True
+
+    def _write_alone(self, pending: _Pending[Any]) -> None:
+        pending.value, pending.error = None, None
+        try:
+            with self.write() as conn:
+                pending.run(conn)
+                pending.raise_failure()  # its transaction rolls back
+        except BaseException as exc:  # noqa: BLE001 - raised again in the writer's thread
+            pending.fail(exc)
 
     def _process_lock_fd(self) -> int | None:
         """The lock file, opened on first write (called under the thread lock).
@@ -128,3 +200,46 @@ def _configure_sqlite(engine: Engine) -> None:
         driver = conn.connection.driver_connection
         assert driver is not None  # a connection being begun is checked out
         driver.execute(_BEGIN[mode])
+
+
+class _Pending(Generic[T]):
+    """One writer's work in a group transaction, and what came of it."""
+
+    __slots__ = ("done", "error", "value", "work")
+
+    def __init__(self, work: Callable[[Connection], T]) -> None:
+        self.work = work
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def run(self, conn: Connection) -> bool:
+        """Do the work; False (the error kept) if it raised."""
+        try:
+            self.value = self.work(conn)
+        except Exception as exc:  # noqa: BLE001 - raised again in the writer's thread
+            self.error = exc
+            return False
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        """The transaction did not commit: nothing of this work was kept."""
+        if self.error is None:
+            self.error = exc
+
+    def raise_failure(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def result(self) -> T:
+        self.raise_failure()
+        return self.value  # type: ignore[return-value]
+
+
+class _Group:
+    """The queue of group writes and the turn to write them."""
+
+    def __init__(self) -> None:
+        self.queue: list[_Pending[Any]] = []
+        self.queue_lock = threading.Lock()
+        self.turn = threading.Lock()
