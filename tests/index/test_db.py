@@ -166,3 +166,42 @@ def test_writes_queued_together_share_a_transaction_and_a_failure_undoes_only_it
     assert isinstance(outcomes[2], IntegrityError)
     with db.read() as conn:
         assert conn.execute(text("SELECT n FROM grouped ORDER BY n")).scalars().all() == [1, 3]
+
+
+def test_a_group_broken_off_leaves_no_writer_with_a_result(tmp_path: Path) -> None:
+    # A write that raises past `Exception` (SystemExit here) ends the group's
+    # transaction: no writer of the group may come back as if its write were kept.
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE grouped (n INTEGER PRIMARY KEY)"))
+
+    def work(n: int) -> Callable[[Connection], int]:
+        def run(conn: Connection) -> int:
+            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+            if n == 2:
+                raise SystemExit
+            return n
+
+        return run
+
+    outcomes: dict[int, object] = {}
+
+    def write(n: int) -> None:
+        try:
+            outcomes[n] = db.group_write(work(n))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcomes[n] = exc
+
+    db._group.turn.acquire()
+    writers = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
+    for writer in writers:
+        writer.start()
+    while len(db._group.queue) < 2:
+        time.sleep(0.01)
+    db._group.turn.release()
+    for writer in writers:
+        writer.join(10)
+    assert all(isinstance(outcome, BaseException) for outcome in outcomes.values())
+    assert len(outcomes) == 2
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM grouped")).scalar_one() == 0

@@ -121,6 +121,8 @@ class Database:
                             self._write_alone(alone)
                 finally:
                     for done in batch:
+                        if not done.finished:  # interrupted before its outcome was known
+                            done.fail(RuntimeError("the index write was interrupted"))
                         done.done = True
         return pending.result()
 
@@ -141,6 +143,8 @@ class Database:
         except Exception:  # noqa: BLE001 - each write is tried again alone
             log.warning("a group of %d index writes failed; writing them one by one", len(batch))
             return False
+        for pending in batch:
+            pending.finished = True
         return True
 
     def _write_alone(self, pending: _Pending[Any]) -> None:
@@ -151,6 +155,7 @@ class Database:
                 pending.raise_failure()  # its transaction rolls back
         except BaseException as exc:  # noqa: BLE001 - raised again in the writer's thread
             pending.fail(exc)
+        pending.finished = True
 
     def _process_lock_fd(self) -> int | None:
         """The lock file, opened on first write (called under the thread lock).
@@ -205,11 +210,12 @@ def _configure_sqlite(engine: Engine) -> None:
 class _Pending(Generic[T]):
     """One writer's work in a group transaction, and what came of it."""
 
-    __slots__ = ("done", "error", "value", "work")
+    __slots__ = ("done", "error", "finished", "value", "work")
 
     def __init__(self, work: Callable[[Connection], T]) -> None:
         self.work = work
-        self.done = False
+        self.done = False  # its writer may return
+        self.finished = False  # its transaction committed or rolled back
         self.value: T | None = None
         self.error: BaseException | None = None
 
