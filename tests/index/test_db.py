@@ -128,39 +128,65 @@ def test_a_write_transaction_is_immediate_and_a_read_one_a_snapshot(tmp_path: Pa
     db.dispose()
 
 
-def test_writes_queued_together_share_a_transaction_and_a_failure_undoes_only_itself(
-    tmp_path: Path,
-) -> None:
+def _grouped_table(tmp_path: Path) -> Database:
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")  # groups are SQLite's
     with db.write() as conn:
         conn.execute(text("CREATE TABLE grouped (n INTEGER PRIMARY KEY)"))
+    return db
 
-    def insert(n: int) -> Callable[[Connection], int]:
-        def work(conn: Connection) -> int:
-            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
-            if n == 2:
-                conn.execute(text("INSERT INTO grouped VALUES (1)"))  # a duplicate key
-            return n
 
-        return work
-
+def _write_queued_together(
+    db: Database, works: dict[int, Callable[[Connection], int]]
+) -> dict[int, object]:
+    """Each work from its own thread, all queued behind a turn held until every one
+    waits (as behind a transaction under way); what each writer got back or raised."""
     outcomes: dict[int, object] = {}
 
     def write(n: int) -> None:
         try:
-            outcomes[n] = db.group_write(insert(n))
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcomes[n] = db.group_write(works[n])
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
             outcomes[n] = exc
 
-    db._group.turn.acquire()  # the writers queue as behind a transaction under way
-    writers = [threading.Thread(target=write, args=(n,)) for n in (1, 2, 3)]
+    db._group.turn.acquire()
+    writers = [threading.Thread(target=write, args=(n,)) for n in works]
     for writer in writers:
         writer.start()
-    while len(db._group.queue) < 3:
+    while len(db._group.queue) < len(works):
         time.sleep(0.01)
     db._group.turn.release()
     for writer in writers:
         writer.join(10)
+    return outcomes
+
+
+def _insert(
+    n: int, then: Callable[[Connection], None] | None = None
+) -> Callable[[Connection], int]:
+    def work(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
+        if then is not None:
+            then(conn)
+        return n
+
+    return work
+
+
+def _duplicate_key(conn: Connection) -> None:
+    conn.execute(text("INSERT INTO grouped VALUES (1)"))
+
+
+def _exit(_conn: Connection) -> None:
+    raise SystemExit
+
+
+def test_writes_queued_together_share_a_transaction_and_a_failure_undoes_only_itself(
+    tmp_path: Path,
+) -> None:
+    db = _grouped_table(tmp_path)
+    outcomes = _write_queued_together(
+        db, {1: _insert(1), 2: _insert(2, then=_duplicate_key), 3: _insert(3)}
+    )
     assert outcomes[1] == 1
     assert outcomes[3] == 3
     assert isinstance(outcomes[2], IntegrityError)
@@ -171,37 +197,9 @@ def test_writes_queued_together_share_a_transaction_and_a_failure_undoes_only_it
 def test_a_group_broken_off_leaves_no_writer_with_a_result(tmp_path: Path) -> None:
     # A write that raises past `Exception` (SystemExit here) ends the group's
     # transaction: no writer of the group may come back as if its write were kept.
-    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
-    with db.write() as conn:
-        conn.execute(text("CREATE TABLE grouped (n INTEGER PRIMARY KEY)"))
-
-    def work(n: int) -> Callable[[Connection], int]:
-        def run(conn: Connection) -> int:
-            conn.execute(text("INSERT INTO grouped VALUES (:n)"), {"n": n})
-            if n == 2:
-                raise SystemExit
-            return n
-
-        return run
-
-    outcomes: dict[int, object] = {}
-
-    def write(n: int) -> None:
-        try:
-            outcomes[n] = db.group_write(work(n))
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            outcomes[n] = exc
-
-    db._group.turn.acquire()
-    writers = [threading.Thread(target=write, args=(n,)) for n in (1, 2)]
-    for writer in writers:
-        writer.start()
-    while len(db._group.queue) < 2:
-        time.sleep(0.01)
-    db._group.turn.release()
-    for writer in writers:
-        writer.join(10)
-    assert all(isinstance(outcome, BaseException) for outcome in outcomes.values())
+    db = _grouped_table(tmp_path)
+    outcomes = _write_queued_together(db, {1: _insert(1), 2: _insert(2, then=_exit)})
     assert len(outcomes) == 2
+    assert all(isinstance(outcome, BaseException) for outcome in outcomes.values())
     with db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM grouped")).scalar_one() == 0
