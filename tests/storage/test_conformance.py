@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import secrets
 import threading
@@ -383,3 +385,52 @@ def test_a_fresh_local_store_makes_its_fanout_on_the_first_put(tmp_path: Path) -
     store = LocalStore(tmp_path / "objects")
     store.put(new_key(), [b"x"])
     assert sum(1 for _ in (tmp_path / "objects" / "instances").iterdir()) == 4096
+
+
+def _cached_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache now (mincore(2) of a mapping
+    of it; mapping a file does not read it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    ]  # fmt: skip
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as handle:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, handle.fileno(), 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        try:
+            vector = (ctypes.c_ubyte * pages)()
+            assert libc.mincore(address, size, vector) == 0, ctypes.get_errno()
+        finally:
+            libc.munmap(address, size)
+    return sum(byte & 1 for byte in vector)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_local_store_leaves_no_page_of_a_written_object_in_the_page_cache(
+    tmp_path: Path, unnamed: bool
+) -> None:
+    """Once synced, the object's pages are given back (storage/local.py); reading it
+    brings them back. A file written beside it shows that the probe sees cached pages
+    where there are some, and that this file system can give them back."""
+    data = secrets.token_bytes(64 * mmap.PAGESIZE)
+    plain = tmp_path / "plain"
+    with open(plain, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+        assert _cached_pages(plain) == 64
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if _cached_pages(plain):
+        pytest.skip("this file system keeps every page in memory (tmpfs)")
+    store = _local(tmp_path / "objects", unnamed)
+    put = store.put(new_key(), [data[: len(data) // 2], data[len(data) // 2 :]])
+    path = tmp_path / "objects" / put.key
+    assert _cached_pages(path) == 0
+    assert b"".join(store.iter_bytes(put.key)) == data
+    assert _cached_pages(path) == 64
