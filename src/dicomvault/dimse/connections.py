@@ -13,6 +13,7 @@ stall lock a real modality out. `Guard` fixes that, from pynetdicom's events:
   that drops the oldest not-yet-associated connection of that address, so a flood
   from one address cannot take the slots a new connection needs; and waits that end
   when there is work instead of pynetdicom's 1 ms polls (`prompt.make_prompt`);
+  C-STORE responses encoded directly (`replies.quick_store_replies`);
 - on A-ASSOCIATE-RQ (EVT_REQUESTED): the association policy (known AEs only,
   calling host) and the limit of established associations, as an A-ASSOCIATE-RJ;
   the registry entry of the caller is looked up once and kept for the handlers.
@@ -34,6 +35,7 @@ from dicomvault.dimse import registry
 from dicomvault.dimse.auditing import DimseAudit
 from dicomvault.dimse.policy import Peer, admit
 from dicomvault.dimse.prompt import make_prompt
+from dicomvault.dimse.replies import quick_store_replies
 
 __all__ = ["Guard", "peer_of", "tune_socket"]
 
@@ -136,6 +138,7 @@ class Guard:
             return
         self._cap_pdus(assoc)
         make_prompt(assoc)
+        quick_store_replies(assoc)
         self._admit(assoc, str(event.address[0]))
 
     def _cap_pdus(self, assoc: Any) -> None:

@@ -34,7 +34,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -132,6 +132,19 @@ def _shared_server(listener: socket.socket) -> type[_SharedSocketServer]:
     return type("SharedSocketServer", (_SharedSocketServer,), {"shared": listener})
 
 
+def _quiet_unless_logged() -> None:
+    """Leave out pynetdicom's standard logging handlers unless its log shows them.
+
+    By default every association binds handlers that describe each PDU and DIMSE
+    message sent and received, building their text whatever the log level. They
+    write at INFO and DEBUG; at the archive's default WARNING they cost CPU for
+    nothing (measured: see docs/performance.md). Read when an association starts,
+    so set before any does; `serve --log-level info` or `debug` keeps them.
+    """
+    wanted = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if wanted else "none"
+
+
 class DimseServer:
     """The archive's DICOM Application Entity, listening on `host:port` (and on
     `host:tls_port` over DICOM TLS) in background threads."""
@@ -147,6 +160,7 @@ class DimseServer:
     ) -> None:
         self.archive = archive
         settings = archive.settings
+        _quiet_unless_logged()
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
         self.ae.implementation_version_name = IMPLEMENTATION_VERSION
