@@ -3,7 +3,6 @@ sends, and pynetdicom's own path for everything else."""
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +15,6 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.transport import AssociationSocket
 
-from dicomvault.archive import Archive
-from dicomvault.dimse import DimseServer
 from dicomvault.dimse.replies import encode_store_response, quick_store_replies
 
 CT = "1.2.840.10008.5.1.4.1.1.2"  # odd length
@@ -148,21 +145,3 @@ def test_a_peer_with_pdus_too_small_for_the_response_gets_pynetdicoms_fragments(
     assoc.dimse.send_msg(rsp, 1)
     assert general == [rsp]
     assert len(pdus) == 2
-
-
-@pytest.mark.parametrize(
-    ("level", "handlers"), [(logging.WARNING, "none"), (logging.INFO, "standard")]
-)
-def test_the_node_binds_pynetdicoms_logging_handlers_only_where_they_would_log(
-    archive: Archive, monkeypatch: pytest.MonkeyPatch, level: int, handlers: str
-) -> None:
-    """Without them the node's associations send their responses the quick way."""
-    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "unset")
-    logger = logging.getLogger("pynetdicom")
-    before = logger.level
-    logger.setLevel(level)
-    try:
-        DimseServer(archive, "127.0.0.1", None)
-    finally:
-        logger.setLevel(before)
-    assert handlers == _config.LOG_HANDLER_LEVEL
