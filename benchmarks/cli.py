@@ -159,6 +159,7 @@ def _ingestion_round(
                     result = storescu(server.dicom_port, server.ae_title, files, associations)
                     label = f"C-STORE ct {associations} association(s)"
                     figures.add(label, name, result["instances_per_s"], "inst/s")
+                    figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
             if round_ == 0 and (not parts or "retrieve" in parts):
                 _retrieval(server, name, work, figures, k)
 

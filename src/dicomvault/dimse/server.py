@@ -158,9 +158,9 @@ def _quiet_unless_logged() -> None:
 
     By default every association binds handlers that describe each PDU and DIMSE
     message sent and received, building their text whatever the log level. They
-    write at INFO and DEBUG; at the archive's default WARNING they cost CPU for
-    nothing (measured: see docs/performance.md). Read when an association starts,
-    so set before any does; `serve --log-level info` or `debug` keeps them.
+    write at INFO and DEBUG, and `serve` keeps pynetdicom's log at WARNING unless
+    run with `--log-level debug`: otherwise they cost CPU for nothing (measured: see
+    docs/performance.md). Read when an association starts, so set before any does.
     """
     wanted = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
     _config.LOG_HANDLER_LEVEL = "standard" if wanted else "none"
