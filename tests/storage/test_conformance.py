@@ -434,3 +434,15 @@ def test_local_store_leaves_no_page_of_a_written_object_in_the_page_cache(
     assert _cached_pages(path) == 0
     assert b"".join(store.iter_bytes(put.key)) == data
     assert _cached_pages(path) == 64
+
+
+def test_a_file_system_refusing_the_page_cache_advice_still_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_args: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(local, "_FADVISE", refused)
+    store = LocalStore(tmp_path / "objects")
+    put = store.put(new_key(), [b"kept"])
+    assert b"".join(store.iter_bytes(put.key)) == b"kept"

@@ -242,9 +242,10 @@ def _write_synced(out: BinaryIO, reader: HashingReader) -> None:
 def _drop_cached(fd: int) -> None:
     """Let the kernel drop the synced (clean) pages of the file `fd` from the page cache
     (see the module doc). Advice only: a read brings them back; where there is no such
-    call, nothing happens."""
+    call, or the file system refuses the advice, the object is stored all the same."""
     if _FADVISE is not None:
-        _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        with suppress(OSError):
+            _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _fsync_dir(path: Path) -> None:
