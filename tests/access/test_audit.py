@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from sqlalchemy import delete, select, update
 
-from dicomvault.access.audit import search, verify
+from dicomvault.access.audit import AuditAction, AuditEvent, append, search, verify
+from dicomvault.access.audit import Outcome as AuditOutcome
 from dicomvault.access.tables import audit
+from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.synthetic import study_instances, uid
 from tests.access.conftest import PASSWORD, World, basic, served_world, study_uid
@@ -171,3 +174,31 @@ def test_the_audit_table_is_append_only_in_code(world: World) -> None:
     with world.archive.db.read() as conn:
         rows = conn.execute(select(audit.c.prev_hash, audit.c.hash).order_by(audit.c.seq)).all()
     assert all(rows[i].prev_hash == rows[i - 1].hash for i in range(1, len(rows)))
+
+
+def test_records_appended_at_once_from_many_threads_form_one_unbroken_chain(
+    archive: Archive,
+) -> None:
+    """Each append reads the head its predecessor left, whatever the interleaving."""
+    before, problems = verify(archive.db)
+    assert problems == []
+
+    def append_some(thread: int) -> list[int]:
+        return [int(append(archive.db, _event(f"user-{thread}", n))["seq"]) for n in range(25)]
+
+    with ThreadPoolExecutor(8) as pool:
+        seqs = [seq for part in pool.map(append_some, range(8)) for seq in part]
+    assert sorted(seqs) == list(range(before + 1, before + 201))
+    checked, problems = verify(archive.db)
+    assert (checked, problems) == (before + 200, [])
+
+
+def _event(actor: str, n: int) -> AuditEvent:
+    return AuditEvent(
+        actor=actor,
+        actor_kind="user",
+        door="dicomweb",
+        action=AuditAction.QUERY,
+        outcome=AuditOutcome.SUCCESS,
+        detail={"n": n},
+    )
