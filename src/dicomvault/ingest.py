@@ -31,6 +31,7 @@ from dicomvault.config import DuplicatePolicy
 from dicomvault.errors import DuplicateConflict, StudyMismatch
 from dicomvault.index.db import Database
 from dicomvault.index.eventlog import append_event
+from dicomvault.index.prepared import Prepared
 from dicomvault.index.schema import instances, objects, patients, series, studies
 from dicomvault.index.upsert import insert_ignore
 from dicomvault.model.origin import Origin
@@ -90,9 +91,10 @@ def _sha256(fp: IO[bytes]) -> str:
 
 _API = Origin()
 
-# The statements of the hot path, built once: building and cache-keying a statement
-# per call costs about as much as running it on SQLite.
-_EXISTING = (
+# The statements of the hot path, built once and run on the driver's cursor
+# (`index.prepared`): building, cache-keying and executing a statement through
+# SQLAlchemy per call costs more than running it on SQLite.
+_EXISTING = Prepared(
     select(
         instances.c.id,
         objects.c.id,
@@ -106,14 +108,14 @@ _EXISTING = (
     .join(studies, studies.c.id == instances.c.study_fk)
     .where(instances.c.sop_uid == bindparam("sop_uid"))
 )
-_KNOWN_SERIES = (
+_KNOWN_SERIES = Prepared(
     select(series.c.study_fk, series.c.id, studies.c.study_uid, studies.c.site)
     .join(studies, studies.c.id == series.c.study_fk)
     .where(series.c.series_uid == bindparam("series_uid"))
 )
-_INSERT_OBJECT = objects.insert().returning(objects.c.id)
-_INSERT_INSTANCE = instances.insert()
-_COUNT_STUDY = (
+_INSERT_OBJECT = Prepared(objects.insert().returning(objects.c.id))
+_INSERT_INSTANCE = Prepared(instances.insert())
+_COUNT_STUDY = Prepared(
     update(studies)
     .where(studies.c.id == bindparam("row"))
     .values(
@@ -122,7 +124,7 @@ _COUNT_STUDY = (
         updated_at=func.now(),
     )
 )
-_COUNT_SERIES = (
+_COUNT_SERIES = Prepared(
     update(series)
     .where(series.c.id == bindparam("row"))
     .values(num_instances=series.c.num_instances + 1)
@@ -196,7 +198,7 @@ class Ingestor:
 
     def _existing(self, sop_uid: str) -> _Existing | None:
         with self.db.read() as conn:
-            row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
+            row = _EXISTING.first(conn, {"sop_uid": sop_uid})
         return _Existing(*row) if row else None
 
     def _store_new(
@@ -229,8 +231,8 @@ class Ingestor:
         existing: _Existing | None,
         origin: Origin,
     ) -> Outcome:
-        object_id = conn.execute(
-            _INSERT_OBJECT,
+        object_id = _INSERT_OBJECT.scalar(
+            conn,
             {
                 "sop_uid": header.sop_uid,
                 "store": self.store.url,
@@ -239,15 +241,15 @@ class Ingestor:
                 "sha256": put.sha256,
                 "block_blake3": put.blocks.digests or None,
             },
-        ).scalar_one()
+        )
         provenance = _fit(instances, _provenance(origin))
         if existing is not None:
             return self._replace(conn, header, object_id, existing, provenance)
 
         study_id, series_id, new_series = self._levels(conn, header, origin)
         try:
-            conn.execute(
-                _INSERT_INSTANCE,
+            _INSERT_INSTANCE.execute(
+                conn,
                 {
                     "sop_uid": header.sop_uid,
                     "series_fk": series_id,
@@ -262,8 +264,8 @@ class Ingestor:
             # The whole transaction rolls back and the new object is deleted by the
             # caller; `ingest` then decides again against the winner's row.
             raise _LostRace from exc
-        conn.execute(_COUNT_STUDY, {"row": study_id, "new_series": 1 if new_series else 0})
-        conn.execute(_COUNT_SERIES, {"row": series_id})
+        _COUNT_STUDY.execute(conn, {"row": study_id, "new_series": 1 if new_series else 0})
+        _COUNT_SERIES.execute(conn, {"row": series_id})
         self._event(conn, "instance.stored", header, put.size, provenance)
         return Outcome.STORED
 
@@ -273,14 +275,15 @@ class Ingestor:
         The common case (more instances of a series already indexed) is one SELECT;
         only a new series or study pays for the insert-or-select of each level.
         """
-        known = conn.execute(_KNOWN_SERIES, {"series_uid": header.series_uid}).first()
+        known = _KNOWN_SERIES.first(conn, {"series_uid": header.series_uid})
         if known is not None:
-            if known.study_uid != header.study_uid:
+            study_fk, series_id, study_uid, site = known
+            if study_uid != header.study_uid:
                 raise StudyMismatch(
-                    f"series {header.series_uid} is already stored in study {known.study_uid}"
+                    f"series {header.series_uid} is already stored in study {study_uid}"
                 )
-            _check_site(header, known.site, origin)
-            return int(known.study_fk), int(known.id), False
+            _check_site(header, site, origin)
+            return int(study_fk), int(series_id), False
         patient_id, new_patient = _get_or_create(
             conn,
             patients,

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, text
 
 from dicomvault.index.db import Database
+from dicomvault.index.prepared import Prepared
 from dicomvault.index.schema import events
 
 __all__ = ["append_event", "event_dict", "events_after", "last_seq"]
@@ -38,7 +39,7 @@ def append_event(
 ) -> int:
     """Add one event inside the caller's transaction; returns its sequence number."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_LOCK, {"key": _EVENT_LOCK})
+        _LOCK.execute(conn, {"key": _EVENT_LOCK})
     values = {
         "kind": kind,
         "study_uid": study_uid,
@@ -46,14 +47,14 @@ def append_event(
         "sop_uid": sop_uid,
         "payload": payload,
     }
-    return int(conn.execute(_APPEND, values).scalar_one())
+    return int(_APPEND.scalar(conn, values))
 
 
-# Built once: numbering and inserting in one statement, whose building and cache
-# keying per call would cost as much as running it (it runs for every instance).
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+# Built once and run on the driver's cursor (`index.prepared`): numbering and inserting
+# in one statement, which runs for every instance stored.
+_LOCK = Prepared(text("SELECT pg_advisory_xact_lock(:key)"))
 _COLUMNS = ("kind", "study_uid", "series_uid", "sop_uid", "payload")
-_APPEND = (
+_APPEND = Prepared(
     events.insert()
     .from_select(
         ["seq", *_COLUMNS],
