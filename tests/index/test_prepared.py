@@ -6,7 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from dicomvault.archive import Archive
@@ -34,12 +44,10 @@ def test_an_insert_stores_what_sqlalchemy_would(archive: Archive) -> None:
         plain_id = conn.execute(objects.insert().returning(objects.c.id), _object("a/2.dcm"))
         plain_id = plain_id.scalar_one()
     with archive.db.read() as conn:
-        rows = {
-            row.key: row
-            for row in conn.execute(select(objects).where(objects.c.id.in_([prepared_id, plain_id])))
-        }
+        both = select(objects).where(objects.c.id.in_([prepared_id, plain_id]))
+        rows = {row.key: row for row in conn.execute(both)}
     mine, theirs = rows["a/1.dcm"], rows["a/2.dcm"]
-    columns = [c for c in objects.c.keys() if c not in ("id", "key", "created_at")]
+    columns = [c.key for c in objects.c if c.key not in ("id", "key", "created_at")]
     assert {c: getattr(mine, c) for c in columns} == {c: getattr(theirs, c) for c in columns}
     assert mine.block_blake3 == b"\x00\x01\xff"
     assert mine.tier == "hot"  # the server default applies to columns left out
@@ -64,7 +72,8 @@ def test_json_and_literal_binds_go_through_the_types_processors(archive: Archive
             bump.execute(conn, {"row": row_id})
             bump.execute(conn, {"row": row_id})
         with archive.db.read() as conn:
-            found = Prepared(select(table.c.doc, table.c.n).where(table.c.name == bindparam("name")))
+            by_name = select(table.c.doc, table.c.n).where(table.c.name == bindparam("name"))
+            found = Prepared(by_name)
             assert found.first(conn, {"name": "one"}) is not None
             stored = conn.execute(select(table.c.doc, table.c.n)).one()
             assert found.first(conn, {"name": "nobody"}) is None
@@ -80,9 +89,14 @@ def test_a_constraint_violation_is_sqlalchemys_integrity_error_and_keeps_nothing
     insert = Prepared(objects.insert().returning(objects.c.id))
     with archive.db.write() as conn:
         insert.scalar(conn, _object("b/1.dcm"))
-    with pytest.raises(IntegrityError), archive.db.write() as conn:
-        insert.scalar(conn, _object("b/2.dcm"))
-        insert.scalar(conn, _object("b/1.dcm"))  # the key is unique
+
+    def insert_both() -> None:
+        with archive.db.write() as conn:
+            insert.scalar(conn, _object("b/2.dcm"))
+            insert.scalar(conn, _object("b/1.dcm"))  # the key is unique
+
+    with pytest.raises(IntegrityError):
+        insert_both()
     with archive.db.read() as conn:
         keys = conn.execute(select(objects.c.key).where(objects.c.key.like("b/%"))).scalars()
         assert sorted(keys) == ["b/1.dcm"]

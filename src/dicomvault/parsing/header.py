@@ -27,7 +27,9 @@ from typing import IO, Any
 
 import pydicom
 from pydicom import config as pydicom_config
+from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
@@ -205,6 +207,25 @@ def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
     return tag in _PIXEL_TAGS
 
 
+_STUDY_UID, _SERIES_UID, _SOP_UID, _SOP_CLASS_UID = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016
+
+
+def _uid_text(ds: Dataset, tag: int) -> str | None:
+    """`text(ds.get(tag))` for a UID, read from the element's bytes as pydicom would
+    (padding stripped, each value stripped, several joined by a backslash) without
+    pydicom's conversion of the element: for the four UIDs of every instance that
+    conversion cost 50 us, a sixth of the header parse of a small instance. Elements
+    of another VR, or converted already, go pydicom's way."""
+    element = ds.get_item(tag)
+    if not isinstance(element, RawDataElement) or element.VR not in (None, "UI"):
+        converted = ds.get(tag)  # by tag, pydicom gives the element
+        return None if converted is None else text(converted.value)
+    if not element.value:
+        return None
+    values = element.value.decode(default_encoding).rstrip(" \0").split("\\")
+    return "\\".join(value.strip() for value in values) or None
+
+
 def _read_dataset(fp: IO[bytes], layout: Layout) -> Dataset:
     """The data set up to its pixel data, read by pydicom from where the layout found
     it begins, with the encoding the layout read from the file meta.
@@ -233,10 +254,10 @@ def parse_header(fp: IO[bytes], layout: Layout) -> Header:
     except Exception as exc:
         raise InvalidInstance(f"the header does not parse: {exc}") from exc
 
-    study_uid = require_uid(text(ds.get("StudyInstanceUID")), "StudyInstanceUID")
-    series_uid = require_uid(text(ds.get("SeriesInstanceUID")), "SeriesInstanceUID")
-    sop_uid = require_uid(text(ds.get("SOPInstanceUID")), "SOPInstanceUID")
-    sop_class = require_uid(text(ds.get("SOPClassUID")), "SOPClassUID")
+    study_uid = require_uid(_uid_text(ds, _STUDY_UID), "StudyInstanceUID")
+    series_uid = require_uid(_uid_text(ds, _SERIES_UID), "SeriesInstanceUID")
+    sop_uid = require_uid(_uid_text(ds, _SOP_UID), "SOPInstanceUID")
+    sop_class = require_uid(_uid_text(ds, _SOP_CLASS_UID), "SOPClassUID")
     if layout.media_sop_instance_uid and layout.media_sop_instance_uid != sop_uid:
         raise InvalidInstance(
             f"MediaStorageSOPInstanceUID {layout.media_sop_instance_uid} in the file meta "
