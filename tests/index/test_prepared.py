@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from sqlalchemy import (
     Column,
-    Connection,
     Integer,
     MetaData,
     String,
