@@ -26,6 +26,7 @@ from sqlalchemy import Connection, bindparam, select, text
 
 from dicomvault.access.tables import audit, audit_head
 from dicomvault.index.db import Database
+from dicomvault.index.prepared import Prepared
 
 __all__ = [
     "AuditAction",
@@ -147,9 +148,9 @@ def append(db: Database, event: AuditEvent) -> dict[str, Any]:
     """Add one record at the end of the chain, in its own transaction; return it."""
     with db.write() as conn:
         if not db.is_sqlite:
-            conn.execute(_LOCK, {"key": _PG_LOCK_KEY})
-        head = conn.execute(_HEAD).first()
-        seq, prev = (int(head.seq) + 1, head.hash) if head is not None else (1, GENESIS)
+            _LOCK.execute(conn, {"key": _PG_LOCK_KEY})
+        head = _HEAD.first(conn, {})
+        seq, prev = (int(head[0]) + 1, head[1]) if head is not None else (1, GENESIS)
         row: dict[str, Any] = {
             "seq": seq,
             "at": datetime.now(UTC),
@@ -165,20 +166,21 @@ def append(db: Database, event: AuditEvent) -> dict[str, Any]:
         }
         row["prev_hash"] = prev
         row["hash"] = _hash(prev, _content(row))
-        conn.execute(_INSERT, row)
+        _INSERT.execute(conn, row)
         if head is None:
-            conn.execute(_INSERT_HEAD, {"id": _HEAD_ID, "seq": seq, "hash": row["hash"]})
+            _INSERT_HEAD.execute(conn, {"id": _HEAD_ID, "seq": seq, "hash": row["hash"]})
         else:
-            conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": row["hash"]})
+            _MOVE_HEAD.execute(conn, {"new_seq": seq, "new_hash": row["hash"]})
     return row
 
 
-# The statements of `append`, built once: every access and change writes a record.
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
-_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID)
-_INSERT = audit.insert()
-_INSERT_HEAD = audit_head.insert()
-_MOVE_HEAD = (
+# The statements of `append`, built once and run on the driver's cursor
+# (`index.prepared`): every access and change writes a record.
+_LOCK = Prepared(text("SELECT pg_advisory_xact_lock(:key)"))
+_HEAD = Prepared(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID))
+_INSERT = Prepared(audit.insert())
+_INSERT_HEAD = Prepared(audit_head.insert())
+_MOVE_HEAD = Prepared(
     audit_head.update()
     .where(audit_head.c.id == _HEAD_ID)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
