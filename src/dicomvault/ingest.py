@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from typing import IO, Any
 
 from sqlalchemy import Connection, String, Table, bindparam, func, select, update
@@ -425,10 +426,19 @@ def _get_or_create(
 ) -> tuple[int, bool]:
     """The id of the row matching `key`, inserting it with `values` if absent; True if new."""
     key, values = _fit(table, key), _fit(table, values)
-    new_id = conn.execute(
-        insert_ignore(conn, table, list(key)).values({**values, **key}).returning(table.c.id)
-    ).scalar()
+    insert, find = _get_or_create_statements(conn.dialect.name, table, tuple(key))
+    new_id = insert.scalar(conn, {**values, **key})
     if new_id is not None:
         return int(new_id), True
-    where = [table.c[name] == value for name, value in key.items()]
-    return int(conn.execute(select(table.c.id).where(*where)).scalar_one()), False
+    return int(find.scalar(conn, key)), False
+
+
+@cache
+def _get_or_create_statements(
+    dialect: str, table: Table, key: tuple[str, ...]
+) -> tuple[Prepared, Prepared]:
+    """The insert-or-nothing and the select by `key` of `_get_or_create`, made once per
+    dialect and table: a new study brings three of each (patient, study, series)."""
+    insert = insert_ignore(dialect, table, list(key)).returning(table.c.id)
+    find = select(table.c.id).where(*(table.c[name] == bindparam(name) for name in key))
+    return Prepared(insert), Prepared(find)
