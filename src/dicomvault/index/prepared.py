@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
@@ -53,7 +54,19 @@ class Prepared:
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run the statement in `conn`'s transaction; the DBAPI cursor."""
-        dialect = conn.dialect
+        driver = conn.connection.driver_connection
+        assert driver is not None  # a connection in use is checked out
+        return self._run(conn.dialect, driver, params)
+
+    def lookup(self, engine: Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a query run on its own, on a pooled connection taken without
+        a SQLAlchemy `Connection` around it (a tenth of the cost of a lookup on SQLite),
+        and read outside any transaction (the pool rolls back on return)."""
+        with closing(engine.raw_connection()) as raw:
+            row = self._run(engine.dialect, raw.driver_connection, params).fetchone()
+        return None if row is None else tuple(row)
+
+    def _run(self, dialect: Dialect, driver: Any, params: Mapping[str, Any]) -> Any:
         plan = self._plans.get((dialect.name, frozenset(params)))
         if plan is None:
             plan = self._compile(dialect, frozenset(params))
@@ -63,8 +76,6 @@ class Prepared:
         arguments: Any = (
             values if plan.positions is None else [values[name] for name in plan.positions]
         )
-        driver = conn.connection.driver_connection
-        assert driver is not None  # a connection in use is checked out
         cursor = driver.cursor()
         try:
             cursor.execute(plan.sql, arguments)
