@@ -10,6 +10,7 @@ headers whose values sit on every edge of pydicom's decoding rules.
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 from collections.abc import Iterator
@@ -24,7 +25,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 
-from dicomvault.parsing.dicom_json import BULK_DATA_THRESHOLD, dataset_to_json, storable
+from dicomvault.parsing.dicom_json import (
+    BULK_DATA_THRESHOLD,
+    dataset_to_json,
+    dicom_json_bytes,
+    dicom_json_text,
+    storable,
+)
 from dicomvault.synthetic import instance_bytes, uid
 from tests.support.dicom_files import element
 
@@ -265,3 +272,17 @@ def test_value_pydicom_cannot_decode_is_left_out() -> None:
         "00209128": {"vr": "UL"},
         "00209129": {"vr": "US"},
     }
+
+
+def test_json_text_is_compact_utf8_and_takes_what_orjson_refuses() -> None:
+    value = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Ünïcode^Nàme"}]}}
+    assert (
+        dicom_json_text(value) == '{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Ünïcode^Nàme"}]}}'
+    )
+    assert dicom_json_bytes(value) == dicom_json_text(value).encode()
+
+    class Decimal(float):  # as pydicom's DSfloat: a float subclass
+        pass
+
+    awkward = {"big": 2**70, "ds": Decimal(1.5)}
+    assert json.loads(dicom_json_text(awkward)) == {"big": 2**70, "ds": 1.5}

@@ -14,6 +14,9 @@ index rows of instances arriving together): on SQLite, the writes waiting when a
 transaction starts share it, each in its own savepoint, so one failing undoes only
 itself, and the queue pays for one transaction, one pass through the locks and one
 commit instead of one each. On PostgreSQL each is its own transaction, as before.
+
+JSON columns (every instance's header) are written by orjson, compact and UTF-8,
+not by the standard library's encoder: the same values, at a tenth of the cost.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from dicomvault.parsing.dicom_json import dicom_json_text
 
 __all__ = ["GROUP_LIMIT", "Database", "normalize_url"]
 
@@ -59,12 +64,18 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 self._lock_path = Path(parsed.database + "-writelock")
             self.engine = create_engine(
-                self.url, connect_args={"check_same_thread": False, "timeout": 60}
+                self.url,
+                connect_args={"check_same_thread": False, "timeout": 60},
+                json_serializer=dicom_json_text,
             )
             _configure_sqlite(self.engine)
         else:
             self.engine = create_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                json_serializer=dicom_json_text,
             )
 
     @contextmanager
