@@ -60,11 +60,10 @@ class Prepared:
 
     def lookup(self, engine: Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a query run on its own, on a pooled connection taken without
-        a SQLAlchemy `Connection` around it (a tenth of the cost of a lookup on SQLite),
-        and read outside any transaction (the pool rolls back on return)."""
+        a SQLAlchemy `Connection` around it (no `Connection` object, no BEGIN on
+        SQLite), outside any transaction (the pool rolls back on return)."""
         with closing(engine.raw_connection()) as raw:
-            row = self._run(engine.dialect, raw.driver_connection, params).fetchone()
-        return None if row is None else tuple(row)
+            return _first_row(self._run(engine.dialect, raw.driver_connection, params))
 
     def _run(self, dialect: Dialect, driver: Any, params: Mapping[str, Any]) -> Any:
         plan = self._plans.get((dialect.name, frozenset(params)))
@@ -85,12 +84,11 @@ class Prepared:
 
     def scalar(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """The first column of the first row (RETURNING), or None without rows."""
-        row = self.execute(conn, params).fetchone()
+        row = _first_row(self.execute(conn, params))
         return None if row is None else row[0]
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        row = self.execute(conn, params).fetchone()
-        return None if row is None else tuple(row)
+        return _first_row(self.execute(conn, params))
 
     def _compile(self, dialect: Dialect, names: frozenset[str]) -> _Plan:
         keys = sorted(names) if isinstance(self.statement, Insert) else None
@@ -126,3 +124,13 @@ class Prepared:
         with self._lock:
             self._plans[(dialect.name, names)] = plan
         return plan
+
+
+def _first_row(cursor: Any) -> tuple[Any, ...] | None:
+    """The cursor's first row; the cursor closed, so no statement stays open on the
+    connection (on SQLite an open one would hold its read snapshot)."""
+    try:
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else tuple(row)
