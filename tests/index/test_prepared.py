@@ -117,6 +117,15 @@ def test_statements_it_cannot_run_faithfully_are_refused(archive: Archive) -> No
     )
     with archive.db.read() as conn, pytest.raises(TypeError, match="Python-side default"):
         Prepared(with_default.insert()).execute(conn, {"id": 1})
+    with_onupdate = Table(
+        "prepared_onupdate",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("name", String(8), onupdate="y"),
+    )
+    bump = update(with_onupdate).where(with_onupdate.c.id == bindparam("row")).values(id=2)
+    with archive.db.read() as conn, pytest.raises(TypeError, match="Python-side default"):
+        Prepared(bump).execute(conn, {"row": 1})
 
 
 def test_a_lookup_on_a_raw_pooled_connection_reads_committed_rows(archive: Archive) -> None:

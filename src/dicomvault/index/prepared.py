@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 
 __all__ = ["Prepared"]
 
@@ -106,12 +106,11 @@ class Prepared:
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors.append((name, process))
-        if isinstance(self.statement, Insert):
-            table = self.statement.table
-            for column in table.columns:
-                if column.key in names:
-                    continue
-                if column.default is not None or column.onupdate is not None:
+        if isinstance(self.statement, Insert | Update):
+            # SQLAlchemy fills these in at execution; the driver would not.
+            kind = "default" if isinstance(self.statement, Insert) else "onupdate"
+            for column in self.statement.table.columns:
+                if column.key not in names and getattr(column, kind) is not None:
                     raise TypeError(f"{column}: Python-side defaults cannot be prepared")
         dbapi = dialect.loaded_dbapi
         plan = _Plan(
