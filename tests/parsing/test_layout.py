@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import re
 import struct
+import tempfile
 from io import BytesIO
+from pathlib import Path
+from typing import IO
 
 import pydicom
 import pytest
@@ -19,9 +22,11 @@ from dicomvault.archive import Archive
 from dicomvault.errors import InvalidInstance
 from dicomvault.index.schema import events, instances, objects, patients, series, studies
 from dicomvault.ingest import Outcome
-from dicomvault.parsing import parse_header, read_layout
+from dicomvault.parsing import Layout, parse_header, read_layout
+from dicomvault.parsing import layout as layout_module
 from dicomvault.parsing.layout import MAX_DEPTH
 from dicomvault.synthetic import dataset, to_bytes, uid
+from tests.parsing.test_dicom_json import CORPUS
 from tests.support.dicom_files import (
     BAD_FILES,
     good,
@@ -154,3 +159,53 @@ def test_header_values_are_indexed_as_read() -> None:
         "BulkDataURI": f"studies/{uid('hv/st')}/series/{uid('hv/se')}/instances/"
         f"{uid('hv/i')}/bulkdata/7FE00010",
     }
+
+
+# -- a file on disk reads as the same bytes in memory -------------------------------------
+
+
+def _layout_or_refusal(fp: IO[bytes]) -> Layout | str:
+    try:
+        return read_layout(fp)
+    except InvalidInstance as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
+def test_a_file_on_disk_walks_as_the_same_bytes_in_memory(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk reads a file on disk a window at a time; with a window of 64 bytes
+    nearly every element, item and fragment header lies across a window's end, and
+    the layout (the elements with their values included) or the refusal is the same
+    as over the whole buffer of an in-memory file."""
+    data = path.read_bytes()
+    in_memory = _layout_or_refusal(BytesIO(data))
+    monkeypatch.setattr(layout_module, "_WINDOW", 64)
+    with tempfile.TemporaryFile() as disk:
+        disk.write(data)
+        disk.seek(0)
+        assert _layout_or_refusal(disk) == in_memory
+
+
+def test_every_cut_of_a_file_on_disk_is_judged_as_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = good("disk-cuts", size=4)
+    monkeypatch.setattr(layout_module, "_WINDOW", 16)
+    with tempfile.TemporaryFile() as disk:
+        for cut in range(0, len(data), 3):
+            disk.seek(0)
+            disk.truncate()
+            disk.write(data[:cut])
+            assert _layout_or_refusal(disk) == _layout_or_refusal(BytesIO(data[:cut])), cut
+
+
+def test_the_walk_leaves_an_in_memory_file_free_to_close() -> None:
+    """The walk reads a BytesIO through its exported buffer; it must release it, or
+    the part could not be closed (BufferError) after its ingest."""
+    fp = BytesIO(good("released"))
+    parse_header(fp, read_layout(fp))
+    fp.write(b"more")  # a resize, refused while the buffer is exported
+    fp.close()
