@@ -27,6 +27,7 @@ import math
 import re
 import struct
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -65,6 +66,9 @@ _IS = re.compile(r" *[+-]?[0-9]+ *")
 _DS = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
+_by_tag = itemgetter(0)
+
+
 class _Irregular(Exception):
     """The element is not one the fast path converts: pydicom converts it."""
 
@@ -76,10 +80,13 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
     route can find it again.
     """
     out: dict[str, Any] = {}
-    for tag in sorted(ds.keys()):
-        elem = ds.get_item(tag)
+    # The elements as held (`items`: raw ones unconverted), in tag order; `get_item`
+    # per tag gives the same for ten times the calls. A deferred value (never read
+    # here: no defer size) would need `get_item` to read it.
+    for tag, held in sorted(ds.items(), key=_by_tag):
+        deferred = isinstance(held, RawDataElement) and held.value is None and held.length
+        elem: DataElement | RawDataElement = ds.get_item(tag) if deferred else held
         key = f"{tag:08X}"
-        elem_path = f"{path}/{key}" if path else key
         if elem is None:
             continue
         if elem.VR == "SQ" or (isinstance(elem, RawDataElement) and elem.VR is None):
@@ -89,7 +96,8 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
                 out[key] = {"vr": elem.VR or "UN"}
                 continue
             elem = decoded
-        if elem.VR == "SQ":
+        if isinstance(elem, DataElement) and elem.VR == "SQ":
+            elem_path = f"{path}/{key}" if path else key
             items = [
                 dataset_to_json(item, uri_prefix, f"{elem_path}/{index}")
                 for index, item in enumerate(elem.value)
@@ -98,7 +106,7 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
             continue
         try:
             if isinstance(elem, RawDataElement):
-                out[key] = _from_bytes(elem, f"{uri_prefix}{elem_path}")
+                out[key] = _from_bytes(elem, uri_prefix, path, key)
             else:
                 out[key] = _from_value(elem)
         except _Irregular:
@@ -106,7 +114,7 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
             out[key] = (
                 {"vr": elem.VR}
                 if decoded is None
-                else _by_pydicom(decoded, f"{uri_prefix}{elem_path}")
+                else _by_pydicom(decoded, _uri(uri_prefix, path, key))
             )
     return out
 
@@ -120,8 +128,15 @@ def _decoded(ds: Dataset, tag: BaseTag) -> DataElement | None:
         return None
 
 
-def _from_bytes(raw: RawDataElement, uri: str) -> dict[str, Any]:
-    """An element straight from its encoded value, by pydicom's decoding rules."""
+def _uri(prefix: str, path: str, key: str) -> str:
+    """The BulkDataURI of the element `key` of the data set at `path` (made only for the
+    few elements that need one)."""
+    return f"{prefix}{path}/{key}" if path else f"{prefix}{key}"
+
+
+def _from_bytes(raw: RawDataElement, prefix: str, path: str, key: str) -> dict[str, Any]:
+    """An element straight from its encoded value, by pydicom's decoding rules; a large
+    binary value becomes a BulkDataURI (`_uri` of `prefix`, `path`, `key`)."""
     vr, value = raw.VR, raw.value
     if vr is None or not raw.is_little_endian or raw.is_implicit_VR or not isinstance(value, bytes):
         raise _Irregular
@@ -131,7 +146,7 @@ def _from_bytes(raw: RawDataElement, uri: str) -> dict[str, Any]:
         raise _Irregular
     if vr in _BINARY:
         if len(value) > _INLINE_MAX:
-            return {"vr": vr, "BulkDataURI": uri}
+            return {"vr": vr, "BulkDataURI": _uri(prefix, path, key)}
         return {"vr": vr, "InlineBinary": base64.b64encode(value).decode("ascii")}
     if vr in _NUMBERS:
         count, rest = divmod(len(value), _SIZES[vr])
