@@ -81,8 +81,8 @@ def dataset_to_json(ds: Dataset, uri_prefix: str, path: str = "") -> dict[str, A
     """
     out: dict[str, Any] = {}
     # The elements as held (`items`: raw ones unconverted), in tag order; `get_item`
-    # per tag gives the same for ten times the calls. A deferred value (never read
-    # here: no defer size) would need `get_item` to read it.
+    # gives the same through a tag conversion and its checks per element. A deferred
+    # value (none here: the header is read without a defer size) needs `get_item`.
     for tag, held in sorted(ds.items(), key=_by_tag):
         deferred = isinstance(held, RawDataElement) and held.value is None and held.length
         elem: DataElement | RawDataElement = ds.get_item(tag) if deferred else held

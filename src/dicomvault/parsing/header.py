@@ -231,9 +231,9 @@ def _read_dataset(fp: IO[bytes], layout: Layout) -> Dataset:
     `pydicom.dcmread` would read the preamble and the file meta again and build a
     FileDataset around the data set (about half of its cost for a header of 40
     elements), and `read_dataset` from the data set's offset would walk the elements a
-    second time (a quarter of what is left). A deflated data set, which pydicom
-    inflates itself, and the private transfer syntaxes pydicom knows still go through
-    `dcmread`."""
+    second time (about a quarter of a small instance's header parse). A deflated data
+    set, which pydicom inflates itself, and the private transfer syntaxes pydicom knows
+    still go through `dcmread`."""
     syntax = layout.transfer_syntax
     if layout.elements is None or syntax in PrivateTransferSyntaxes:
         fp.seek(0)
