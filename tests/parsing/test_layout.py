@@ -16,6 +16,7 @@ from typing import IO
 
 import pydicom
 import pytest
+from pydicom.filereader import data_element_generator
 from sqlalchemy import func, select
 
 from dicomvault.archive import Archive
@@ -209,3 +210,40 @@ def test_the_walk_leaves_an_in_memory_file_free_to_close() -> None:
     parse_header(fp, read_layout(fp))
     fp.write(b"more")  # a resize, refused while the buffer is exported
     fp.close()
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        pydicom.uid.ImplicitVRLittleEndian,
+        pydicom.uid.ExplicitVRLittleEndian,
+        pydicom.uid.ExplicitVRBigEndian,
+    ],
+)
+def test_the_walk_keeps_the_elements_pydicom_reads(syntax: str) -> None:
+    """`Layout.elements` are the raw elements pydicom's reader yields, empty values
+    included: with implicit VR an empty element has no VR and the value pydicom gives
+    that (None), not the one of its dictionary VR."""
+    ds = dataset(study_uid=uid("w/st"), series_uid=uid("w/se"), sop_uid=uid("w/i"), size=4)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.AccessionNumber = ""
+    ds.PatientBirthDate = ""
+    ds.add_new(0x00181060, "DS", None)  # Trigger Time, empty
+    ds.add_new(0x00280034, "IS", None)  # Pixel Aspect Ratio, empty
+    ds.add_new(0x00200012, "IS", None)  # Acquisition Number, empty
+    if syntax == pydicom.uid.ExplicitVRBigEndian:
+        ds.PixelData = struct.pack(">16H", *range(16))
+    data = to_bytes(ds)
+    layout = read_layout(BytesIO(data))
+    fp = BytesIO(data)
+    fp.seek(layout.dataset_offset)
+    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
+    little = syntax != pydicom.uid.ExplicitVRBigEndian
+    expected = list(
+        data_element_generator(
+            fp, implicit, little, stop_when=lambda tag, _vr, _length: tag == 0x7FE00010
+        )
+    )
+    assert layout.elements is not None
+    assert list(layout.elements) == expected
+    assert any(e.length == 0 for e in expected)

@@ -257,16 +257,17 @@ class _Walker:
             self.pos = value_start + length
             if collect is not None:  # `_raw`, written out: this runs for every element
                 src = self.src
+                explicit = self.explicit
+                as_read = vr if explicit else None  # pydicom's reader: no VR when implicit
                 offset = value_start - src.base
                 if length and offset >= 0 and offset + length <= len(src.buf):
                     value: bytes | None = src.buf[offset : offset + length].tobytes()
                 else:
-                    value = src.bytes_at(value_start, length) if length else _empty(vr)
-                explicit = self.explicit
+                    value = src.bytes_at(value_start, length) if length else _empty(as_read)
                 collect.append(
                     _new_tuple(
                         RawDataElement,
-                        (BaseTag(tag), vr if explicit else None, length, value, value_start,
+                        (BaseTag(tag), as_read, length, value, value_start,
                          not explicit, self.little, True, False),
                     )
                 )  # fmt: skip
