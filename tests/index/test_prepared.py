@@ -138,3 +138,31 @@ def test_a_lookup_on_a_raw_pooled_connection_reads_committed_rows(archive: Archi
     with archive.db.write() as conn:
         conn.execute(objects.delete().where(objects.c.id == row_id))
     assert by_key.lookup(archive.db.engine, {"key": "c/1.dcm"}) is None
+
+
+def test_all_reads_every_row_as_sqlalchemy_does_and_leaves_no_statement_open(
+    archive: Archive,
+) -> None:
+    with archive.db.write() as conn:
+        for n in range(3):
+            conn.execute(objects.insert(), _object(f"d/{n}.dcm") | {"size": n})
+    by_prefix = (
+        select(objects.c.key, objects.c.size)
+        .where(objects.c.key.like(bindparam("prefix")))
+        .order_by(objects.c.key)
+    )
+    with archive.db.read() as conn:
+        rows = Prepared(by_prefix).all(conn, {"prefix": "d/%"})
+        assert rows == [tuple(row) for row in conn.execute(by_prefix, {"prefix": "d/%"})]
+        assert rows == [("d/0.dcm", 0), ("d/1.dcm", 1), ("d/2.dcm", 2)]
+        assert Prepared(by_prefix).all(conn, {"prefix": "none/%"}) == []
+    with archive.db.read() as conn:
+        assert len(Prepared(by_prefix).all(conn, {"prefix": "d/%"})) == 3
+        # With its cursor closed, the reading connection holds no snapshot that would
+        # keep it from seeing a write committed meanwhile.
+        with archive.db.write() as other:
+            other.execute(objects.delete().where(objects.c.key == "d/1.dcm"))
+        assert [key for key, _ in Prepared(by_prefix).all(conn, {"prefix": "d/%"})] == [
+            "d/0.dcm",
+            "d/2.dcm",
+        ]

@@ -23,6 +23,7 @@ from dicomvault.access.policy import Principal, Role, SiteInfo
 from dicomvault.access.tables import sites, tokens, users
 from dicomvault.errors import DicomVaultError
 from dicomvault.index.db import Database
+from dicomvault.index.prepared import Prepared
 
 __all__ = [
     "AccountError",
@@ -96,9 +97,17 @@ def list_sites(db: Database) -> list[dict[str, object]]:
 
 
 def site_directory(conn: Connection) -> list[SiteInfo]:
-    """Every site with its organization and sharing setting, for the policy function."""
-    rows = conn.execute(select(sites.c.code, sites.c.organization, sites.c.org_shared)).all()
+    """Every site with its organization and sharing setting, for the policy function.
+
+    Read for every request and association, so as a prepared statement
+    (`index.prepared`): through SQLAlchemy's `Connection.execute` this one small
+    query cost a serving process about 0.25 ms of CPU a request more (measured with
+    single-instance STOW-RS requests alternating the two ways in one server)."""
+    rows = _SITE_DIRECTORY.all(conn, {})
     return [SiteInfo(code, org, bool(shared)) for code, org, shared in rows]
+
+
+_SITE_DIRECTORY = Prepared(select(sites.c.code, sites.c.organization, sites.c.org_shared))
 
 
 def add_user(

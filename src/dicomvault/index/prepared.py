@@ -90,6 +90,14 @@ class Prepared:
     def first(self, conn: Connection, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         return _first_row(self.execute(conn, params))
 
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, the cursor closed (as `first` does)."""
+        cursor = self.execute(conn, params)
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
     def _compile(self, dialect: Dialect, names: frozenset[str]) -> _Plan:
         keys = sorted(names) if isinstance(self.statement, Insert) else None
         compiled = self.statement.compile(dialect=dialect, column_keys=keys)
