@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.changes import MAX_LIMIT, read_changes
+from dicomvault.dicomweb.threads import in_thread
 
 __all__ = ["router"]
 
@@ -30,5 +30,5 @@ async def changefeed(
     if access is not None and access.sites is not None:
         # The feed is archive-wide: only a caller who may read every site reads it.
         raise HTTPException(403, "the change feed covers every site; it is for admins of all")
-    page = await run_in_threadpool(read_changes, archive.db, offset, limit)
+    page = await in_thread(read_changes, archive.db, offset, limit)
     return page.as_dict()

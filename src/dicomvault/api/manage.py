@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.access import accounts, audit
 from dicomvault.access.policy import Role
 from dicomvault.archive import Archive
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.dimse import registry
 from dicomvault.jobs import queue
 
@@ -44,7 +44,7 @@ def _archive(request: Request) -> Archive:
 async def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a blocking management function; its refusals become 400/404/409."""
     try:
-        return await run_in_threadpool(function, *args, **kwargs)
+        return await in_thread(function, *args, **kwargs)
     except accounts.AccountError as exc:
         text = str(exc)
         status = 404 if text.startswith("no ") else 409 if "already" in text else 400

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +28,7 @@ from dicomvault.access.ownership import study_owner
 from dicomvault.access.policy import Action, Principal, decide, readable_sites
 from dicomvault.access.sinks import Auditor
 from dicomvault.archive import Archive
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.index.db import Database
 from dicomvault.model.uids import is_valid_uid
 
@@ -113,7 +113,7 @@ async def guard(request: Request) -> None:
     address = _address(request)
     try:
         # One trip to a worker thread for both steps: each trip costs a thread switch.
-        request.state.access = await run_in_threadpool(_admit, archive, request, need, address)
+        request.state.access = await in_thread(_admit, archive, request, need, address)
     except AuthenticationFailed as exc:
         await _refuse_login(archive.auditor, request, exc, address)
         raise HTTPException(401, str(exc), headers=_CHALLENGE) from exc
@@ -231,7 +231,7 @@ async def _deny(
     context: AccessContext | None,
     reason: str,
 ) -> None:
-    await run_in_threadpool(_deny_sync, auditor.db, request, principal, context, reason)
+    await in_thread(_deny_sync, auditor.db, request, principal, context, reason)
 
 
 async def _refuse_login(
@@ -247,7 +247,7 @@ async def _refuse_login(
         {"reason": str(exc)},
         claimed=exc.claimed,
     )
-    await run_in_threadpool(auditor.record, event)
+    await in_thread(auditor.record, event)
 
 
 class AuditMiddleware:
@@ -302,4 +302,4 @@ class AuditMiddleware:
         event = _event(
             request, context.principal, _AUDITED[context.action], outcome, detail, context
         )
-        await run_in_threadpool(archive.auditor.record, event)
+        await in_thread(archive.auditor.record, event)

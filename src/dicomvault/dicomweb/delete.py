@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.delete import delete_study
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.model.uids import require_uid
 
 __all__ = ["router"]
@@ -20,7 +20,5 @@ router = APIRouter()
 @router.delete("/studies/{study}", status_code=204)
 async def remove_study(request: Request, study: str) -> Response:
     archive: Archive = request.app.state.archive
-    await run_in_threadpool(
-        delete_study, archive.db, archive.store, require_uid(study, "StudyInstanceUID")
-    )
+    await in_thread(delete_study, archive.db, archive.store, require_uid(study, "StudyInstanceUID"))
     return Response(status_code=204)

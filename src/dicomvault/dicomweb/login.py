@@ -7,13 +7,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.access import accounts
 from dicomvault.access.audit import AuditAction, AuditEvent, Outcome
 from dicomvault.access.authn import AuthenticationFailed, parse_basic
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.access import AccessContext
+from dicomvault.dicomweb.threads import in_thread
 
 __all__ = ["router"]
 
@@ -35,12 +35,12 @@ async def login(request: Request) -> dict[str, str | None]:
         except AuthenticationFailed as exc:
             reason = str(exc)
         else:
-            principal = await run_in_threadpool(
+            principal = await in_thread(
                 accounts.check_password, archive.db, user, password, address
             )
             reason = "wrong user name or password"
     ok = principal is not None
-    await run_in_threadpool(
+    await in_thread(
         archive.auditor.record,
         AuditEvent(
             actor=user or "anonymous",
@@ -55,7 +55,7 @@ async def login(request: Request) -> dict[str, str | None]:
     if principal is None or user is None:
         raise HTTPException(401, reason, headers={"WWW-Authenticate": 'Basic realm="dicomvault"'})
     lifetime = timedelta(hours=archive.settings.session_hours)
-    issued = await run_in_threadpool(
+    issued = await in_thread(
         accounts.issue_token, archive.db, user, name="session", lifetime=lifetime
     )
     expires = issued.expires_at.isoformat() if issued.expires_at else None

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.multipart import new_boundary, write_parts
@@ -27,6 +26,7 @@ from dicomvault.dicomweb.pixel_media import (
     part_content_type,
 )
 from dicomvault.dicomweb.ranges import RangeNotSatisfiable, content_range, requested_range
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.frames import (
     PIXEL_DATA,
     ImageInstance,
@@ -70,12 +70,12 @@ def _archive(request: Request) -> Archive:
 async def _image(request: Request, study: str, series: str, sop: str) -> ImageInstance:
     archive = _archive(request)
     uids = _uids(study, series, sop)
-    return await run_in_threadpool(open_image, archive.db, archive.store, *uids)
+    return await in_thread(open_image, archive.db, archive.store, *uids)
 
 
 async def _started(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """`chunks` with its first item already produced (in the thread pool)."""
-    first = await run_in_threadpool(lambda: next(chunks, None))
+    first = await in_thread(lambda: next(chunks, None))
     return chunks if first is None else itertools.chain((first,), chunks)
 
 
@@ -98,7 +98,7 @@ async def retrieve_frames(
     image = await _image(request, study, series, sop)
     numbers = image.frame_numbers(frame_list)
     choice = negotiate_pixels(request.headers.get("accept"), image.transfer_syntax)
-    await run_in_threadpool(image.prepare)
+    await in_thread(image.prepare)
     read = image.stored_frame if choice.encoding is FrameEncoding.STORED else image.native_frame
     part_type = part_content_type(choice.encoding, image.transfer_syntax)
     return await _multipart(part_type, (read(n) for n in numbers), one_part=False)
@@ -112,7 +112,7 @@ async def retrieve_bulkdata(
     if path.strip("/").upper() == PIXEL_DATA:
         image = await _image(request, study, series, sop)
         choice = negotiate_pixels(accept, image.transfer_syntax, single_part_ok=True)
-        await run_in_threadpool(image.prepare)
+        await in_thread(image.prepare)
         part_type = part_content_type(choice.encoding, image.transfer_syntax)
         if choice.encoding is FrameEncoding.STORED:
             frames = (image.stored_frame(n) for n in range(1, image.geometry.frames + 1))
@@ -137,8 +137,8 @@ async def retrieve_bulkdata(
         return StreamingResponse(chunks, media_type=OCTET_STREAM, headers=ranges)
     multipart = negotiate_bulk(accept)
     archive = _archive(request)
-    (stored,) = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
-    value = await run_in_threadpool(element_value, archive.store, stored, path)
+    (stored,) = await in_thread(find_instances, archive.db, *_uids(study, series, sop))
+    value = await in_thread(element_value, archive.store, stored, path)
     if multipart:
         return await _multipart(OCTET_STREAM, iter((value,)), one_part=False)
     try:
@@ -176,7 +176,7 @@ def _render_options(request: Request, viewport: Viewport | None = None) -> Rende
 
 
 async def _rendered(image: ImageInstance, number: int, options: RenderOptions) -> Response:
-    body = await run_in_threadpool(render_frame, image, number, options)
+    body = await in_thread(render_frame, image, number, options)
     return Response(body, media_type=options.media_type)
 
 
@@ -215,7 +215,7 @@ async def rendered_series(request: Request, study: str, series: str) -> Response
     archive = _archive(request)
     study_uid = require_uid(study, "StudyInstanceUID")
     series_uid = require_uid(series, "SeriesInstanceUID")
-    images = await run_in_threadpool(images_of, archive.db, archive.store, study_uid, series_uid)
+    images = await in_thread(images_of, archive.db, archive.store, study_uid, series_uid)
     return await _rendered_parts(options, ((image, 1) for image in images))
 
 
@@ -225,7 +225,7 @@ async def rendered_study(request: Request, study: str) -> Response:
     options = _render_options(request)
     archive = _archive(request)
     study_uid = require_uid(study, "StudyInstanceUID")
-    images = await run_in_threadpool(images_of, archive.db, archive.store, study_uid)
+    images = await in_thread(images_of, archive.db, archive.store, study_uid)
     return await _rendered_parts(options, ((image, 1) for image in images))
 
 
@@ -244,9 +244,7 @@ async def series_thumbnail(request: Request, study: str, series: str) -> Respons
     archive = _archive(request)
     study_uid = require_uid(study, "StudyInstanceUID")
     series_uid = require_uid(series, "SeriesInstanceUID")
-    image = await run_in_threadpool(
-        representative_image, archive.db, archive.store, study_uid, series_uid
-    )
+    image = await in_thread(representative_image, archive.db, archive.store, study_uid, series_uid)
     return await _thumbnail(request, image)
 
 
@@ -254,5 +252,5 @@ async def series_thumbnail(request: Request, study: str, series: str) -> Respons
 async def study_thumbnail(request: Request, study: str) -> Response:
     archive = _archive(request)
     study_uid = require_uid(study, "StudyInstanceUID")
-    image = await run_in_threadpool(representative_image, archive.db, archive.store, study_uid)
+    image = await in_thread(representative_image, archive.db, archive.store, study_uid)
     return await _thumbnail(request, image)

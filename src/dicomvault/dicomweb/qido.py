@@ -6,12 +6,12 @@ import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.access import AccessContext
 from dicomvault.dicomweb.media import parse_accept
 from dicomvault.dicomweb.responses import dicom_json_response, root_url
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.errors import InvalidQuery, NotAcceptable
 from dicomvault.model.levels import Level
 from dicomvault.model.uids import require_uid
@@ -75,7 +75,7 @@ async def _search(
     query = _request(request, level, study, series)
     context: AccessContext = request.state.access
     query.sites = context.sites
-    result = await run_in_threadpool(
+    result = await in_thread(
         search,
         archive.db,
         query,

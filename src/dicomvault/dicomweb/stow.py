@@ -18,13 +18,13 @@ import pydicom
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.tag import Tag
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.access import AccessContext
 from dicomvault.dicomweb.media import parse_media_type
 from dicomvault.dicomweb.multipart import MultipartError, Part, close_parts, read_parts
 from dicomvault.dicomweb.responses import DICOM_JSON, root_url
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.errors import (
     DuplicateConflict,
     InvalidInstance,
@@ -156,7 +156,7 @@ async def _store_parts(
             )
         async with limit:
             try:
-                result = await run_in_threadpool(
+                result = await in_thread(
                     archive.ingestor.ingest, part.file, expected_study_uid=study, origin=origin
                 )
             except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others

@@ -13,13 +13,13 @@ from functools import partial
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
-from starlette.concurrency import run_in_threadpool
 
 from dicomvault.archive import Archive
 from dicomvault.dicomweb.media import parse_accept
 from dicomvault.dicomweb.multipart import new_boundary
 from dicomvault.dicomweb.responses import json_text_response, root_url
 from dicomvault.dicomweb.streaming import PartSource, content_length, started, stream_parts
+from dicomvault.dicomweb.threads import in_thread
 from dicomvault.errors import NotAcceptable
 from dicomvault.model.transfer_syntax import TRANSCODE_TARGETS
 from dicomvault.model.uids import require_uid
@@ -90,7 +90,7 @@ async def _retrieve(
 ) -> Response:
     archive: Archive = request.app.state.archive
     syntax = negotiate_transfer_syntax(request.headers.get("accept"))
-    found = await run_in_threadpool(find_instances, archive.db, *_uids(study, series, sop))
+    found = await in_thread(find_instances, archive.db, *_uids(study, series, sop))
     sources = _sources(archive.store, found, syntax)
     boundary = new_boundary()
     # The first part is read (and, up to WHOLE_READ_LIMIT, checked) before the status line
@@ -123,9 +123,7 @@ async def _metadata(
     else:
         raise NotAcceptable("metadata is served as application/dicom+json")
     archive: Archive = request.app.state.archive
-    text = await run_in_threadpool(
-        headers_json, archive.db, root_url(request), *_uids(study, series, sop)
-    )
+    text = await in_thread(headers_json, archive.db, root_url(request), *_uids(study, series, sop))
     return json_text_response(text, request)
 
 
