@@ -203,3 +203,55 @@ def test_a_group_broken_off_leaves_no_writer_with_a_result(tmp_path: Path) -> No
     assert all(isinstance(outcome, BaseException) for outcome in outcomes.values())
     with db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM grouped")).scalar_one() == 0
+
+
+def test_a_process_writes_through_one_connection_and_a_forked_child_through_its_own(
+    tmp_path: Path,
+) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    used: list[int] = []
+
+    def write(n: int) -> None:
+        with db.write() as conn:
+            used.append(id(conn.connection.driver_connection))
+            conn.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    def fail_half_way() -> None:
+        with db.write() as conn:
+            used.append(id(conn.connection.driver_connection))
+            conn.execute(text("INSERT INTO t VALUES (100)"))
+            raise ValueError("bad input half-way through")
+
+    with pytest.raises(ValueError, match="half-way"):
+        fail_half_way()
+    write(9)  # the connection goes on after a write that failed
+    assert len(set(used)) == 1
+    assert len(used) == 10
+    with db.read() as conn:  # the pool's connections read what the writer committed
+        assert conn.execute(text("SELECT count(*), max(n) FROM t")).one() == (9, 9)
+
+    pid = os.fork()
+    if pid == 0:  # the child must not use the connection its parent has open
+        status = 1
+        try:
+            with db.write() as conn:
+                mine = id(conn.connection.driver_connection)
+                conn.execute(text("INSERT INTO t VALUES (50)"))
+            status = 0 if mine != used[0] else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    write(10)
+    assert set(used) == {used[0]}
+    with db.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t WHERE n IN (50, 10)")).scalar() == 2
+    db.dispose()
