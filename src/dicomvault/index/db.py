@@ -13,10 +13,10 @@ On SQLite every write of a process goes through one connection, kept open (`_Wri
 the writes are one at a time anyway, and SQLite keeps a connection's page cache
 across its transactions only while no other connection has committed in between.
 With writes spread over the pool, each began with an emptied cache and read the
-index's pages again (about 48 reads and 23 lock calls per single-instance STOW-RS
-request); with one writer, single-instance STOW-RS requests took 1.57-1.69 ms of
-CPU at the median instead of 1.78-1.81, and 1.83-1.98 ms instead of 2.06-2.09 to
-answer (two runs each, alternated).
+index's pages again: under strace a single-instance STOW-RS request made 48 `pread`
+calls, 9 with one writer. Such requests then took 1.57-1.69 ms of CPU at the median
+instead of 1.78-1.81, and 1.83-1.98 ms instead of 2.06-2.09 to answer (two runs
+each, alternated).
 
 `Database.group_write(work)` is for many small writes from many threads at once (the
 index rows of instances arriving together): on SQLite, the writes waiting when a
