@@ -198,7 +198,7 @@ class Ingestor:
             )
 
     def _existing(self, sop_uid: str) -> _Existing | None:
-        row = _EXISTING.lookup(self.db.engine, {"sop_uid": sop_uid})
+        row = _EXISTING.lookup(self.db, {"sop_uid": sop_uid})
         return _Existing(*row) if row else None
 
     def _store_new(

@@ -130,14 +130,14 @@ def test_statements_it_cannot_run_faithfully_are_refused(archive: Archive) -> No
 
 def test_a_lookup_on_a_raw_pooled_connection_reads_committed_rows(archive: Archive) -> None:
     by_key = Prepared(select(objects.c.id, objects.c.size).where(objects.c.key == bindparam("key")))
-    assert by_key.lookup(archive.db.engine, {"key": "c/1.dcm"}) is None
+    assert by_key.lookup(archive.db, {"key": "c/1.dcm"}) is None
     with archive.db.write() as conn:
         row_id = Prepared(objects.insert().returning(objects.c.id)).scalar(conn, _object("c/1.dcm"))
     for _ in range(3):  # the pooled connections come back usable, with no transaction left
-        assert by_key.lookup(archive.db.engine, {"key": "c/1.dcm"}) == (row_id, 42)
+        assert by_key.lookup(archive.db, {"key": "c/1.dcm"}) == (row_id, 42)
     with archive.db.write() as conn:
         conn.execute(objects.delete().where(objects.c.id == row_id))
-    assert by_key.lookup(archive.db.engine, {"key": "c/1.dcm"}) is None
+    assert by_key.lookup(archive.db, {"key": "c/1.dcm"}) is None
 
 
 def test_all_reads_every_row_as_sqlalchemy_does_and_leaves_no_statement_open(

@@ -5,8 +5,12 @@ Each record carries the SHA-256 of its own content and of the record before it; 
 newest sequence number and hash are also kept in `audit_head`, written in the same
 transaction. `verify` walks the chain: an edited record no longer matches its hash,
 a deleted one breaks the link of the next (or, for the newest, the head). Appends
-are serialized (SQLite's write lock; a transaction-scoped advisory lock on
-PostgreSQL) so the chain stays one line with several servers writing.
+are serialized so the chain stays one line with several servers writing: by
+SQLite's write lock; on PostgreSQL by the lock on the head's row (`SELECT ... FOR
+UPDATE`, which after waiting reads the head as the append before left it), and, while
+there is no head yet, by a transaction-scoped advisory lock. There the record and
+the head's move are one statement: every request writes a record, and each statement
+is a round trip to the server.
 
 Records also carry the DICOM audit event id (DCM 110100-110114, PS3.15 A.5) and
 event action code where one applies, for SIEMs that speak the DICOM audit profile.
@@ -147,9 +151,13 @@ def as_json(row: dict[str, Any]) -> dict[str, Any]:
 def append(db: Database, event: AuditEvent) -> dict[str, Any]:
     """Add one record at the end of the chain, in its own transaction; return it."""
     with db.write() as conn:
-        if not db.is_sqlite:
-            _LOCK.execute(conn, {"key": _PG_LOCK_KEY})
-        head = _HEAD.first(conn, {})
+        if db.is_sqlite:
+            head = _HEAD.first(conn, {})
+        else:
+            head = _HEAD_LOCKED.first(conn, {})
+            if head is None:  # no head yet: first ones queue on the key, then look again
+                _LOCK.execute(conn, {"key": _PG_LOCK_KEY})
+                head = _HEAD_LOCKED.first(conn, {})
         seq, prev = (int(head[0]) + 1, head[1]) if head is not None else (1, GENESIS)
         row: dict[str, Any] = {
             "seq": seq,
@@ -166,11 +174,14 @@ def append(db: Database, event: AuditEvent) -> dict[str, Any]:
         }
         row["prev_hash"] = prev
         row["hash"] = _hash(prev, _content(row))
-        _INSERT.execute(conn, row)
         if head is None:
+            _INSERT.execute(conn, row)
             _INSERT_HEAD.execute(conn, {"id": _HEAD_ID, "seq": seq, "hash": row["hash"]})
-        else:
+        elif db.is_sqlite:
+            _INSERT.execute(conn, row)
             _MOVE_HEAD.execute(conn, {"new_seq": seq, "new_hash": row["hash"]})
+        else:
+            _INSERT_MOVING_HEAD.execute(conn, {**row, "new_seq": seq, "new_hash": row["hash"]})
     return row
 
 
@@ -184,6 +195,19 @@ _MOVE_HEAD = Prepared(
     audit_head.update()
     .where(audit_head.c.id == _HEAD_ID)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+# PostgreSQL only: the head's row locked (see the module doc), and the record and the
+# head's move in one statement (a data-modifying WITH, which SQLite lacks).
+_HEAD_LOCKED = Prepared(
+    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == _HEAD_ID).with_for_update()
+)
+_INSERT_MOVING_HEAD = Prepared(
+    audit.insert().add_cte(
+        audit_head.update()
+        .where(audit_head.c.id == _HEAD_ID)
+        .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+        .cte("moved_head")
+    )
 )
 
 

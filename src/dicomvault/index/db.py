@@ -9,6 +9,16 @@ wakes the moment the holder commits, where SQLite's own busy handler sleeps and
 polls (1, 2, 5, 10 ... ms), so under steady writes from two processes one of them
 kept losing the race. On PostgreSQL it is a plain transaction from a pool.
 
+On PostgreSQL, reads run without a transaction (autocommit) and a pooled connection
+is pinged only after it has been idle (`PING_AFTER_IDLE_S`). Each is a round trip to
+the server saved per use: psycopg sends BEGIN on its own before a transaction's first
+statement, the pool sends ROLLBACK when a read's connection comes back, and
+SQLAlchemy's `pool_pre_ping` sent a ping at every checkout. A read transaction gave
+nothing for them: at PostgreSQL's default isolation (READ COMMITTED) each statement
+sees its own snapshot inside a transaction or out of one. A connection the server
+dropped while it was in use, or soon after, fails its request once; SQLAlchemy then
+discards the pool's older connections.
+
 On SQLite every write of a process goes through one connection, kept open (`_Writer`):
 the writes are one at a time anyway, and SQLite keeps a connection's page cache
 across its transactions only while no other connection has committed in between.
@@ -34,21 +44,24 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 from dicomvault.parsing.dicom_json import dicom_json_text
 
-__all__ = ["GROUP_LIMIT", "Database", "normalize_url"]
+__all__ = ["GROUP_LIMIT", "PING_AFTER_IDLE_S", "Database", "normalize_url"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 GROUP_LIMIT = 64  # most writes one group transaction takes
+PING_AFTER_IDLE_S = 30.0  # a PostgreSQL connection idle longer is pinged before use
 
 
 def normalize_url(url: str) -> str:
@@ -79,19 +92,40 @@ class Database:
                 json_serializer=dicom_json_text,
             )
             _configure_sqlite(self.engine)
+            self._reader: Engine = self.engine
         else:
             self.engine = create_engine(
                 self.url,
                 pool_size=pool_size,
                 max_overflow=pool_size,
-                pool_pre_ping=True,
                 json_serializer=dicom_json_text,
             )
+            _ping_when_idle(self.engine, PING_AFTER_IDLE_S)
+            self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        """A connection for reading; not for writes (on PostgreSQL each statement would
+        commit by itself)."""
+        with self._reader.connect() as conn:
             yield conn
+
+    @contextmanager
+    def raw_read(self) -> Iterator[Any]:
+        """The driver's own connection of a pooled one, for reads outside any transaction
+        (no SQLAlchemy `Connection` around it: see `index.prepared`)."""
+        with closing(self.engine.raw_connection()) as raw:
+            driver = raw.driver_connection
+            assert driver is not None  # a connection just checked out
+            if self.is_sqlite:
+                yield driver
+                return
+            driver.autocommit = True
+            try:
+                yield driver
+            finally:
+                if not driver.closed:
+                    driver.autocommit = False
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -202,6 +236,25 @@ class Database:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection at checkout if it has been idle over `idle_s` (one the
+    server or a firewall dropped meanwhile is then replaced, not handed out)."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # the pool discards it and checks out another
+            raise DisconnectionError(f"an idle database connection was dropped: {exc}") from exc
 
 
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update
+
+if TYPE_CHECKING:
+    from dicomvault.index.db import Database
 
 __all__ = ["Prepared"]
 
@@ -58,12 +60,12 @@ class Prepared:
         assert driver is not None  # a connection in use is checked out
         return self._run(conn.dialect, driver, params)
 
-    def lookup(self, engine: Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of a query run on its own, on a pooled connection taken without
-        a SQLAlchemy `Connection` around it (no `Connection` object, no BEGIN on
-        SQLite), outside any transaction (the pool rolls back on return)."""
-        with closing(engine.raw_connection()) as raw:
-            return _first_row(self._run(engine.dialect, raw.driver_connection, params))
+    def lookup(self, db: Database, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a query run on its own, outside any transaction, on a pooled
+        connection taken without a SQLAlchemy `Connection` around it (`Database.raw_read`:
+        no `Connection` object, no BEGIN, no ROLLBACK)."""
+        with db.raw_read() as driver:
+            return _first_row(self._run(db.engine.dialect, driver, params))
 
     def _run(self, dialect: Dialect, driver: Any, params: Mapping[str, Any]) -> Any:
         plan = self._plans.get((dialect.name, frozenset(params)))
