@@ -16,8 +16,8 @@ statement, the pool sends ROLLBACK when a read's connection comes back, and
 SQLAlchemy's `pool_pre_ping` sent a ping at every checkout. A read transaction gave
 nothing for them: at PostgreSQL's default isolation (READ COMMITTED) each statement
 sees its own snapshot inside a transaction or out of one. A connection the server
-dropped while it was in use, or soon after, fails its request once; SQLAlchemy then
-discards the pool's older connections.
+dropped while it was in use, or soon after, fails the one request that next uses it
+and is then replaced.
 
 On SQLite every write of a process goes through one connection, kept open (`_Writer`):
 the writes are one at a time anyway, and SQLite keeps a connection's page cache
