@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
+from typing import Any
 
 import pydicom
 import pytest
@@ -14,7 +15,7 @@ from dicomvault.archive import Archive
 from dicomvault.config import DuplicatePolicy, Settings
 from dicomvault.errors import DuplicateConflict, StudyMismatch
 from dicomvault.index.schema import events, instances, objects, patients, studies
-from dicomvault.ingest import Outcome
+from dicomvault.ingest import Ingestor, Outcome
 from dicomvault.model.origin import Door, Origin
 from dicomvault.synthetic import dataset, instance_bytes, to_bytes, uid
 
@@ -153,6 +154,38 @@ def test_concurrent_ingest_of_the_same_instance_stores_it_once(archive: Archive)
     assert sorted(r.outcome for r in results).count(Outcome.STORED) == 1
     assert _count(archive, objects) == 1
     assert len(list(archive.store.list())) == 1
+
+
+def test_an_instance_indexed_by_another_writer_meanwhile_is_decided_again(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The duplicate check finds nothing, then the instance's row is refused as the
+    # index is written (another writer won): the ingest rolls back, deletes the object
+    # it wrote and decides again against the row that won.
+    data = _one("lost")
+    first = archive.ingestor.ingest(BytesIO(data))
+    real = Ingestor._existing
+    calls: list[str] = []
+
+    def blind_once(self: Ingestor, sop_uid: str) -> Any:
+        calls.append(sop_uid)
+        return None if len(calls) == 1 else real(self, sop_uid)
+
+    monkeypatch.setattr(Ingestor, "_existing", blind_once)
+    again = archive.ingestor.ingest(BytesIO(data))
+    assert len(calls) == 2
+    assert again.outcome is Outcome.DUPLICATE
+    assert again.sha256 == first.sha256
+    assert _count(archive, objects) == 1
+    assert _count(archive, instances) == 1
+    assert len(list(archive.store.list())) == 1
+    with archive.db.read() as conn:
+        counts = conn.execute(select(studies.c.num_instances)).scalar_one()
+        stored = conn.execute(
+            select(func.count()).select_from(events).where(events.c.kind == "instance.stored")
+        ).scalar_one()
+    assert counts == 1
+    assert stored == 1
 
 
 def test_header_json_has_bulk_data_uri_and_attributes(archive: Archive) -> None:
