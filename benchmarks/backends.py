@@ -13,13 +13,20 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from tests.support.postgres import TempPostgres, find_bin
 from tests.support.s3 import S3_KEY, S3_SECRET, new_bucket
 
-__all__ = ["BACKENDS", "backend_env"]
+__all__ = ["BACKENDS", "Backend", "backend"]
 
 BACKENDS = ("sqlite", "postgres-s3")
+
+
+@dataclass(frozen=True)
+class Backend:
+    env: dict[str, str]  # DICOMVAULT_* settings that point the server at it
+    services: list[int] = field(default_factory=list)  # pids of its processes (CPU figures)
 
 
 def _port() -> int:
@@ -29,7 +36,7 @@ def _port() -> int:
 
 
 @contextmanager
-def _moto() -> Iterator[str]:
+def _moto() -> Iterator[tuple[str, int]]:
     port = _port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -44,17 +51,17 @@ def _moto() -> Iterator[str]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield endpoint
+        yield endpoint, process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
 @contextmanager
-def backend_env(name: str) -> Iterator[dict[str, str]]:
-    """DICOMVAULT_* settings for backend `name`, with its services running."""
+def backend(name: str) -> Iterator[Backend]:
+    """Backend `name` with its services running: the settings to use it, their pids."""
     if name == "sqlite":
-        yield {}
+        yield Backend({})
         return
     bindir = find_bin()
     if bindir is None:
@@ -62,13 +69,14 @@ def backend_env(name: str) -> Iterator[dict[str, str]]:
     server = TempPostgres(bindir, durable=True)
     url = server.start()
     try:
-        with _moto() as endpoint:
-            yield {
+        with _moto() as (endpoint, moto_pid):
+            env = {
                 "DICOMVAULT_DATABASE_URL": url,
                 "DICOMVAULT_STORAGE_URL": f"s3://{new_bucket(endpoint, 'bench')}/archive",
                 "DICOMVAULT_S3_ENDPOINT_URL": endpoint,
                 "DICOMVAULT_S3_ACCESS_KEY_ID": S3_KEY,
                 "DICOMVAULT_S3_SECRET_ACCESS_KEY": S3_SECRET,
             }
+            yield Backend(env, [server.pid, moto_pid])
     finally:
         server.stop()

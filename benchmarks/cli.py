@@ -16,7 +16,8 @@ import httpx
 from tests.support.postgres import TempPostgres, find_bin
 
 from benchmarks import data, leftovers, measure
-from benchmarks.backends import BACKENDS, backend_env
+from benchmarks.backends import BACKENDS, backend
+from benchmarks.cpu import tree_cpu_s
 from benchmarks.cstore import STORESCU, storescu
 from benchmarks.report import Figures, print_table
 from benchmarks.servers import (
@@ -93,6 +94,7 @@ def _orthanc(postgres: bool) -> Iterator[Server]:
     database.start()
     try:
         with orthanc_server(postgres_port=database.port) as server:
+            server.services = [database.pid]
             yield server
     finally:
         database.stop()
@@ -107,8 +109,10 @@ class _dicomvault(AbstractContextManager[Server]):
         self.stack = ExitStack()
 
     def __enter__(self) -> Server:
-        env = self.stack.enter_context(backend_env(self.backend))
-        return self.stack.enter_context(dicomvault_server(env, self.processes))
+        used = self.stack.enter_context(backend(self.backend))
+        server = self.stack.enter_context(dicomvault_server(used.env, self.processes))
+        server.services = list(used.services)
+        return server
 
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
@@ -148,20 +152,53 @@ def _ingestion_round(
                 for kind, clients, per in STOW_CASES:
                     files = [data.variant(f, k) for f in getattr(work, kind)]
                     k += 1
+                    before = _cpu(server)
                     result = measure.stow(server.dicomweb, files, clients, per)
                     label = f"STOW-RS {kind} {clients} client(s) x {per}/request"
                     figures.add(label, name, result["instances_per_s"], "inst/s")
                     figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
+                    _add_cpu(figures, label, name, server, before, result, len(files))
             if (not parts or "cstore" in parts) and server.dicom_port:
                 for associations in (1, 4):
                     files = [data.variant(f, k) for f in work.ct]
                     k += 1
+                    before = _cpu(server)
                     result = storescu(server.dicom_port, server.ae_title, files, associations)
                     label = f"C-STORE ct {associations} association(s)"
                     figures.add(label, name, result["instances_per_s"], "inst/s")
                     figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
+                    _add_cpu(figures, label, name, server, before, result, len(files))
             if round_ == 0 and (not parts or "retrieve" in parts):
                 _retrieval(server, name, work, figures, k)
+
+
+def _cpu(server: Server) -> tuple[float, float]:
+    """CPU seconds used so far by the server's processes and by its services'."""
+    return tree_cpu_s([server.process.pid]), tree_cpu_s(server.services)
+
+
+def _add_cpu(
+    figures: Figures,
+    label: str,
+    name: str,
+    server: Server,
+    before: tuple[float, float],
+    result: dict[str, float],
+    instances: int,
+) -> None:
+    """CPU per instance of one ingestion case: the server, its services (database,
+    S3 endpoint), the clients. They share the machine's cores: their sum bounds the
+    rate as much as the server's part does."""
+    server_s, services_s = (now - then for now, then in zip(_cpu(server), before, strict=True))
+    per = 1e3 / instances
+    figures.add(f"{label} CPU: server", name, server_s * per, "ms/inst", lower_is_better=True)
+    if server.services:
+        figures.add(
+            f"{label} CPU: database, S3", name, services_s * per, "ms/inst", lower_is_better=True
+        )
+    figures.add(
+        f"{label} CPU: client", name, result["client_cpu_s"] * per, "ms/inst", lower_is_better=True
+    )
 
 
 def _retrieval(server: Server, name: str, work: data.Workload, figures: Figures, k: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,7 @@ def storescu(
         # The files just written are written back to the disk now, not while the
         # server under test syncs its own writes (which it then waits behind).
         os.sync()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _children_cpu_s()
         processes = [
             subprocess.Popen(
                 [STORESCU, "-aec", called_ae, "-aet", "BENCH", "127.0.0.1", str(port), *group],
@@ -51,7 +52,19 @@ def storescu(
             if process.returncode != 0:
                 raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
         elapsed = time.perf_counter() - started
+        client_cpu = _children_cpu_s() - cpu
     finally:
         leftovers.remove(work)
     size = sum(len(f) for f in files)
-    return {"instances_per_s": len(files) / elapsed, "mb_per_s": size / elapsed / 1e6}
+    return {
+        "instances_per_s": len(files) / elapsed,
+        "mb_per_s": size / elapsed / 1e6,
+        "client_cpu_s": client_cpu,
+    }
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's ended children (the storescu processes, once
+    waited for; the servers under test end only after the measurement)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import secrets
 import statistics
 import tempfile
@@ -71,12 +72,22 @@ def stow(base: str, files: Sequence[bytes], clients: int, per_request: int) -> d
         if response.status_code != 200:
             raise RuntimeError(f"STOW-RS {response.status_code}: {response.text[:300]}")
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _own_cpu_s()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(send, requests))
     elapsed = time.perf_counter() - started
     size = sum(len(f) for f in files)
-    return {"instances_per_s": len(files) / elapsed, "mb_per_s": size / elapsed / 1e6}
+    return {
+        "instances_per_s": len(files) / elapsed,
+        "mb_per_s": size / elapsed / 1e6,
+        "client_cpu_s": _own_cpu_s() - cpu,
+    }
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process (the clients are its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def stow_file(base: str, path: Path) -> float:

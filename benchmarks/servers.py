@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -44,6 +44,7 @@ class Server:
     process: subprocess.Popen[bytes]
     dicom_port: int | None = None  # DIMSE port, when the server has one
     ae_title: str = ""
+    services: list[int] = field(default_factory=list)  # its database's, S3 endpoint's pids
 
     def peak_rss_mb(self) -> float:
         """VmHWM of the server process: its peak resident memory since it started."""

@@ -4,12 +4,18 @@ workloads, the retrieval reader, and when a measurement's files are removed."""
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
+from benchmarks.cpu import tree_cpu_s
 from benchmarks.data import ROOT, relabel, variant
 from benchmarks.measure import AS_STORED, percentile, wado_study
 from benchmarks.report import Figures, ratio
@@ -33,6 +39,38 @@ def test_files_of_a_measurement_go_when_the_round_ends(tmp_path: Path) -> None:
     assert not first.exists()
     leftovers.remove(alone)  # outside any round: at once
     assert not alone.exists()
+
+
+_BURNER = """
+import subprocess, sys, time
+burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass"
+subprocess.run([sys.executable, "-c", burn], check=True)  # a child that ends, waited for
+live = subprocess.Popen([sys.executable, "-c", burn + "\\ntime.sleep(60)"])
+print("ready", live.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_trees_cpu_counts_its_live_and_its_ended_descendants() -> None:
+    root = subprocess.Popen([sys.executable, "-c", _BURNER], stdout=subprocess.PIPE, text=True)
+    live = ""
+    try:
+        assert root.stdout is not None
+        ready, live = root.stdout.readline().split()
+        assert ready == "ready"
+        time.sleep(0.8)  # the live grandchild burns its 0.4 s, then sleeps
+        first = tree_cpu_s([root.pid])
+        # Two children burned 0.4 s each: one ended (its time in the root's cutime), one
+        # alive (counted as a process of the tree). Python's start-ups add a little.
+        assert 0.75 <= first <= 1.6
+        assert tree_cpu_s([]) == 0.0
+        time.sleep(0.3)
+        assert tree_cpu_s([root.pid]) - first < 0.1  # asleep now: nothing counted twice
+    finally:
+        if live:
+            os.kill(int(live), signal.SIGKILL)
+        root.kill()
+        root.wait()
 
 
 def test_percentile_interpolates_between_ranks() -> None:
