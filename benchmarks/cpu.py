@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["tree_cpu_s"]
 
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: str) -> tuple[int, float] | None:

@@ -45,7 +45,8 @@ _BURNER = """
 import subprocess, sys, time
 burn = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 0.4: pass"
 subprocess.run([sys.executable, "-c", burn], check=True)  # a child that ends, waited for
-live = subprocess.Popen([sys.executable, "-c", burn + "\\ntime.sleep(60)"])
+then_sleep = "\\nprint('burnt', flush=True)\\ntime.sleep(60)"
+live = subprocess.Popen([sys.executable, "-c", burn + then_sleep])
 print("ready", live.pid, flush=True)
 time.sleep(60)
 """
@@ -58,7 +59,7 @@ def test_a_process_trees_cpu_counts_its_live_and_its_ended_descendants() -> None
         assert root.stdout is not None
         ready, live = root.stdout.readline().split()
         assert ready == "ready"
-        time.sleep(0.8)  # the live grandchild burns its 0.4 s, then sleeps
+        assert root.stdout.readline().strip() == "burnt"  # the live grandchild sleeps now
         first = tree_cpu_s([root.pid])
         # Two children burned 0.4 s each: one ended (its time in the root's cutime), one
         # alive (counted as a process of the tree). Python's start-ups add a little.
