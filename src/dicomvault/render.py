@@ -195,10 +195,42 @@ def _stored_window(attrs: Dataset) -> Window | None:
     return Window(float(first_center), float(first_width), function)
 
 
-def _grey(arr: np.ndarray, attrs: Dataset, window: Window | None) -> np.ndarray:
-    """Greyscale pixels to display levels in [0, 1]."""
-    values = np.asarray(apply_modality_lut(arr, attrs), dtype=np.float64)
+def _grey_bytes(arr: np.ndarray, attrs: Dataset, window: Window | None) -> np.ndarray:
+    """Greyscale pixels to display levels 0-255, one byte a pixel.
+
+    Integer pixels are mapped through a table: the levels are computed once for each
+    value from the frame's lowest to its highest and then looked up for every pixel.
+    A 512x512 CT frame has a few thousand distinct values for 262,144 pixels: this
+    step took 0.20 ms of CPU for the benchmark's CT frame against 0.40 ms through the
+    pipeline's floating-point steps over every pixel (the JPEG render 0.52 against
+    0.72 ms). The table gives the same levels: every step maps each value on its own,
+    and the frame's own range (the VOI step when nothing else sets it) is taken at
+    the lowest and highest value, which the rescale keeps at the ends. A Modality LUT
+    Sequence need not keep them there, so without a window it goes pixel by pixel.
+    """
     window = window or _stored_window(attrs)
+    if arr.dtype.kind in "iu" and arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        keeps_ends = window is not None or bool(attrs.get("VOILUTSequence"))
+        keeps_ends = keeps_ends or "ModalityLUTSequence" not in attrs
+        if high - low < arr.size and keeps_ends:
+            table = _grey_levels(np.arange(low, high + 1, dtype=arr.dtype), attrs, window)
+            offsets = np.subtract(arr, low, dtype=np.int64 if arr.itemsize >= 4 else np.int32)
+            levels: np.ndarray = np.take(table, offsets)  # table[offsets]: half as long again
+            return levels
+    return _grey_levels(arr, attrs, window)
+
+
+def _grey_levels(arr: np.ndarray, attrs: Dataset, window: Window | None) -> np.ndarray:
+    """The display pipeline on each of `arr`'s values: levels 0-255 (see the module doc)."""
+    levels = np.rint(_grey(arr, attrs, window) * 255.0)
+    return np.asarray(levels, dtype=np.uint8)
+
+
+def _grey(arr: np.ndarray, attrs: Dataset, window: Window | None) -> np.ndarray:
+    """Greyscale pixels to display levels in [0, 1]; `window`: the one asked for, else
+    the stored one (or None)."""
+    values = np.asarray(apply_modality_lut(arr, attrs), dtype=np.float64)
     if window is not None:
         levels = window.apply(values)
     elif attrs.get("VOILUTSequence"):
@@ -224,7 +256,7 @@ def render(arr: np.ndarray, attrs: Dataset, options: RenderOptions) -> bytes:
     if photometric in _MONOCHROME:
         if arr.ndim != 2:
             raise NotAcceptable(f"a {photometric} frame must have one sample per pixel")
-        image = Image.fromarray(np.rint(_grey(arr, attrs, options.window) * 255).astype(np.uint8))
+        image = Image.fromarray(_grey_bytes(arr, attrs, options.window))
     elif photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, attrs)
         image = Image.fromarray(_eight_bits(rgb, 16 if rgb.dtype.itemsize > 1 else 8), "RGB")
