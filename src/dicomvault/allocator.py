@@ -14,11 +14,12 @@ It also caps malloc's arenas at two a process (M_ARENA_MAX). glibc gives threads
 their own arenas, up to eight per core, and a server's worker threads take turns at
 its requests: each thread's arena then met a request's megabytes for the first time
 with fresh pages. A 2 MB metadata answer (a study of 1,000 small instances) cost
-1,370 page faults and 15-18 ms of system time on each thread's first turn, about
-20 ms of CPU against 3 ms once warm, so sequential requests were slow until every
-thread of the pool had had one. With two arenas the threads share warm memory; the
-Python code runs one thread at a time under the GIL, so they seldom wait for an
-arena's lock.
+1,370 page faults on each thread's first turn: 13-19 ms of system time, about 20 ms
+of CPU against 3 ms once warm, in one measure (1.6-5.5 ms of system time in another
+hour: a fault's cost varies with the machine), so requests in a row were slow
+until every thread of the pool had had one. With two arenas the threads share warm
+memory; the Python code runs one thread at a time under the GIL, so they seldom
+wait for an arena's lock.
 
 Only glibc is tuned, and each setting only when the operator has not set it through
 glibc's own environment variable (or any malloc tunable through GLIBC_TUNABLES).
