@@ -30,7 +30,7 @@ os.unlink(name)
 """
 
 # Sixteen live threads take turns, as a server's worker threads do, at building a
-# 2 MB string (a metadata answer's size) after the main thread has done it once;
+# 2 MB string (a metadata answer's size) after the main thread has made some;
 # prints the page faults of their turns.
 _THREADS = """
 import resource, sys, threading
@@ -86,8 +86,9 @@ def test_threads_taking_turns_share_warm_memory() -> None:
     applied, tuned = _faults("tuned", _THREADS)
     if "MALLOC_ARENA_MAX" not in applied:
         pytest.skip("not glibc: nothing to tune")
-    # The same, with the operator's own arena limit as high as glibc's default (8 a
-    # core): each thread's first turn faults in its own arena's pages, about 490 each.
+    # The same with the operator's own limit, 64, above the sixteen threads (glibc's
+    # default is 8 a core): each thread's first turn faults in its own arena's pages,
+    # about 490 each.
     _, own_arenas = _faults("tuned", _THREADS, MALLOC_ARENA_MAX="64")
     assert own_arenas > 16 * 200, own_arenas
     assert tuned < own_arenas / 4, (tuned, own_arenas)
