@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="S3 region.")
     s3_access_key_id: str | None = Field(default=None, description="S3 access key id.")
     s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    object_cache_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="With objects in S3: a local copy of recently stored and read objects, "
+        "up to this many bytes, under data_dir/object-cache; 0 turns it off.",
+    )
     duplicate_policy: DuplicatePolicy = Field(
         default=DuplicatePolicy.REJECT,
         description="Different bytes under a stored SOP Instance UID: reject, overwrite "

@@ -5,7 +5,9 @@ Both walk the `objects` table in id order, in batches, so they run in bounded me
 on any archive size and can report progress. A verify reads every byte back through
 the store (decrypting when encryption is on) and compares the SHA-256 recorded at
 ingest; an object that is gone is reported as missing, one that reads back
-different (or fails authentication) as a mismatch.
+different (or fails authentication) as a mismatch. It reads the store itself, never
+a local cache in front of it (`storage.cache`): the copy that must be whole is the
+durable one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy import Select, func, select
 from dicomvault.errors import ChecksumMismatch, ObjectNotFound, StorageError
 from dicomvault.index.db import Database
 from dicomvault.index.schema import instances, objects, studies
-from dicomvault.storage import ObjectStore, verified
+from dicomvault.storage import ObjectStore, uncached, verified
 from dicomvault.storage.crypto import EncryptedStore
 
 __all__ = ["Problem", "RotationReport", "VerifyReport", "count_objects", "rotate_keys", "verify"]
@@ -110,6 +112,7 @@ def verify(
 ) -> VerifyReport:
     """Read back every object in scope (all, one study, or a random sample)."""
     report = VerifyReport()
+    store = uncached(store)
     for obj in _objects(db, study_uid, sample):
         try:
             for chunk in verified(store, obj.key, obj.sha256):

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from dicomvault.archive import Archive
 from dicomvault.index.schema import instances, objects
 from dicomvault.parsing.header import BULK_DATA_THRESHOLD
-from dicomvault.storage import LocalStore
+from dicomvault.storage import CachedStore, LocalStore
 from dicomvault.synthetic import dataset, to_bytes, uid
 from tests.support.dicom_files import parse_multipart
 
@@ -275,6 +275,8 @@ def _tamper(archive: Archive, sop: str, change: Any) -> bytes:
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
         ).put_object(Bucket=bucket, Key=f"{prefix.strip('/')}/{key}", Body=data)
+        if isinstance(archive.store, CachedStore):
+            archive.store.drop(key)  # else its intact local copy is what gets served
     assert b"".join(archive.store.iter_bytes(key)) == data
     return data
 

@@ -26,6 +26,7 @@ from dicomvault.storage import (
     verified,
 )
 from dicomvault.storage.base import BLOCK_SIZE, BlockDigests
+from dicomvault.storage.cache import CachedStore
 from dicomvault.storage.crypto import EncryptedStore
 from dicomvault.storage.keys import FileMasterKey, KeyRing
 from dicomvault.storage.s3 import S3Store
@@ -40,7 +41,18 @@ def _local(root: Path, unnamed: bool = True) -> LocalStore:
     return store
 
 
-@pytest.fixture(params=["local", "local-named", "memory", "s3", "encrypted-local", "encrypted-s3"])
+@pytest.fixture(
+    params=[
+        "local",
+        "local-named",
+        "memory",
+        "s3",
+        "cached-s3",
+        "encrypted-local",
+        "encrypted-s3",
+        "encrypted-cached-s3",
+    ]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     kind = str(request.param)
     plain: ObjectStore
@@ -56,6 +68,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
         plain = S3Store(
             bucket, "p", endpoint_url=endpoint, access_key_id=S3_KEY, secret_access_key=S3_SECRET
         )
+        if "cached" in kind:  # a local copy in front must keep the same contract
+            plain = CachedStore(plain, tmp_path / "cache", 64 * 1024 * 1024)
     if kind.startswith("encrypted"):
         # Envelope encryption must pass the same suite as the stores it wraps.
         yield EncryptedStore(plain, KeyRing(FileMasterKey(secrets.token_bytes(32))))

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index.schema import objects
-from dicomvault.storage import LocalStore
+from dicomvault.storage import CachedStore, LocalStore, ObjectStore, uncached
 from dicomvault.storage.crypto import EncryptedStore
 from dicomvault.storage.keys import new_key_file
 from dicomvault.storage.s3 import S3Store
@@ -55,9 +55,15 @@ def _client(service: str, endpoint: str) -> Any:
     )
 
 
+def _durable(archive: Archive) -> ObjectStore:
+    """The store the archive's objects are kept in: beneath encryption and any cache."""
+    store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
+    return uncached(store)
+
+
 def raw_objects(archive: Archive) -> dict[str, bytes]:
     """Every object as it lies in the bucket or on disk, read past the archive."""
-    store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
+    store = _durable(archive)
     if isinstance(store, LocalStore):
         return {
             str(p.relative_to(store.root)): p.read_bytes()
@@ -74,8 +80,12 @@ def raw_objects(archive: Archive) -> dict[str, bytes]:
 
 
 def overwrite_raw(archive: Archive, key: str, data: bytes | None) -> None:
-    """Change (or with None, delete) one stored object behind the archive's back."""
-    store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
+    """Change (or with None, delete) one stored object behind the archive's back, and drop
+    its local cached copy (as if the archive had not read it since it started)."""
+    store = _durable(archive)
+    cache = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
+    if isinstance(cache, CachedStore):
+        cache.drop(key)
     if isinstance(store, LocalStore):
         path = store.root / key
         if data is None:
@@ -188,7 +198,7 @@ def test_verify_finds_a_flipped_byte_and_a_missing_object(encrypted: Archive) ->
 
 
 def _raw_name(archive: Archive, key: str) -> str:
-    store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
+    store = _durable(archive)
     return f"{store.prefix}/{key}" if isinstance(store, S3Store) and store.prefix else key
 
 

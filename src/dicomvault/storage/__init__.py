@@ -1,7 +1,9 @@
 """Object storage: one interface (`ObjectStore`), backends chosen by URL.
 
 file:///var/lib/dicomvault/objects   LocalStore (the default, under data_dir)
-s3://bucket/prefix                   S3Store (endpoint from settings for MinIO & co.)
+s3://bucket/prefix                   S3Store (endpoint from settings for MinIO & co.),
+                                     behind a CachedStore on local disk (storage/cache.py)
+                                     unless `object_cache_bytes` is 0
 memory://                            MemoryStore (tests, throw-away runs)
 
 With a master key configured (a key file or AWS KMS), the store is wrapped in an
@@ -27,12 +29,14 @@ from dicomvault.storage.base import (
     verified,
     verified_range,
 )
+from dicomvault.storage.cache import CachedStore, uncached
 from dicomvault.storage.keys import FileMasterKey, KeyRing, KmsMasterKey, MasterKey
 from dicomvault.storage.local import LocalStore
 from dicomvault.storage.memory import MemoryStore
 
 __all__ = [
     "BlockDigests",
+    "CachedStore",
     "LocalStore",
     "MemoryStore",
     "ObjectInfo",
@@ -43,6 +47,7 @@ __all__ = [
     "open_store",
     "read_range_verified",
     "read_verified",
+    "uncached",
     "verified",
     "verified_range",
 ]
@@ -62,7 +67,7 @@ def open_store(settings: Settings) -> ObjectStore:
         if not parts.netloc:
             raise ValueError(f"storage URL {url!r} names no bucket (s3://bucket/prefix)")
         secret = settings.s3_secret_access_key
-        return S3Store(
+        remote = S3Store(
             parts.netloc,
             parts.path,
             endpoint_url=settings.s3_endpoint_url,
@@ -71,6 +76,9 @@ def open_store(settings: Settings) -> ObjectStore:
             secret_access_key=secret.get_secret_value() if secret else None,
             sse_kms_key_id=settings.s3_sse_kms_key_id,
         )
+        if not settings.object_cache_bytes:
+            return remote
+        return CachedStore(remote, settings.data_dir / "object-cache", settings.object_cache_bytes)
     raise ValueError(f"unsupported storage URL {url!r}: use file://, s3:// or memory://")
 
 

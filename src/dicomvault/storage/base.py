@@ -20,6 +20,7 @@ computes to compare an object with.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ __all__ = [
 CHUNK_SIZE = 1024 * 1024
 BLOCK_SIZE = 1024 * 1024  # the unit of block digests; changing it invalidates stored ones
 DIGEST_SIZE = 32
+
+log = logging.getLogger(__name__)
 
 
 _BLOCK_HASHES: dict[str, Callable[[bytes], bytes]] = {
@@ -253,12 +256,40 @@ def verified_range(
     Reads the whole blocks the range touches (at most one extra block at each end)
     in one ranged stream; ChecksumMismatch when a block differs from its recorded
     digest or the object ends early. Bytes past the recorded length are never read.
+
+    A store with a local cache (`storage.cache`) may hold a copy a crash damaged: the
+    copy is then dropped and the rest read once more, from the store beneath it.
     """
     count = len(blocks)
     first = start // BLOCK_SIZE
     last = count if end is None else min(count, -(-end // BLOCK_SIZE))
     if first >= last:
         return
+    drop = getattr(store, "drop", None)
+    while True:
+        pieces = _checked_blocks(store, key, first, last, blocks, start, end)
+        try:
+            for after, piece in pieces:
+                first = after  # where a second read would resume
+                yield piece
+            return
+        except ChecksumMismatch:
+            if drop is None or not drop(key):
+                raise
+            log.warning("object %s: dropped a damaged cached copy; reading it again", key)
+            drop = None  # once: the store beneath answers for itself
+
+
+def _checked_blocks(
+    store: ObjectStore,
+    key: str,
+    first: int,
+    last: int,
+    blocks: BlockDigests,
+    start: int,
+    end: int | None,
+) -> Iterator[tuple[int, bytes]]:
+    """(number of the block after it, checked piece) for blocks [first, last)."""
     # Chunks that are exactly one block (the disk store reads block-aligned 1 MiB
     # chunks; a small object is one short chunk) pass through without a copy.
     pending = b""
@@ -268,13 +299,15 @@ def verified_range(
         offset = 0
         while len(data) - offset >= BLOCK_SIZE and index < last:
             block = data if len(data) == BLOCK_SIZE else data[offset : offset + BLOCK_SIZE]
-            yield _checked_piece(key, block, index, blocks, start, end)
+            piece = _checked_piece(key, block, index, blocks, start, end)
             offset += BLOCK_SIZE
             index += 1
+            yield index, piece
         pending = data[offset:] if offset else data
     if pending and index < last:
-        yield _checked_piece(key, pending, index, blocks, start, end)
+        piece = _checked_piece(key, pending, index, blocks, start, end)
         index += 1
+        yield index, piece
     if index != last:
         raise ChecksumMismatch(f"object {key}: shorter than recorded")
 

@@ -212,6 +212,15 @@ class EncryptedStore:
             self._cache.pop(key, None)
         self.plain.delete(key)
 
+    def drop(self, key: str) -> bool:
+        """Drop the cached copy of `key` beneath (`storage.cache`); whether there was one."""
+        drop = getattr(self.plain, "drop", None)
+        if drop is None or not drop(key):
+            return False
+        with self._lock:
+            self._cache.pop(key, None)  # its header may have come from the damaged copy
+        return True
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """The wrapped store's listing (sizes are stored sizes, headers included)."""
         return self.plain.list(prefix)

@@ -33,7 +33,7 @@ from typing import BinaryIO
 from dicomvault.errors import ObjectNotFound, StorageError
 from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult, fanout_dirs
 
-__all__ = ["LocalStore"]
+__all__ = ["LocalStore", "iter_file"]
 
 _TMP = ".tmp"
 _DIR_CACHE = 70_000  # the fan-out directories, and those of keys from older layouts
@@ -177,7 +177,7 @@ class LocalStore:
             handle = open(path, "rb")  # noqa: SIM115 - closed by the generator below
         except FileNotFoundError as exc:
             raise ObjectNotFound(f"no object {key}") from exc
-        return _iter_file(handle, start, end)
+        return iter_file(handle, start, end)
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         try:
@@ -207,7 +207,10 @@ class LocalStore:
                     yield ObjectInfo(key=key, size=path.stat().st_size)
 
 
-def _iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+def iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
+    """Bytes [start, end) of an open file in chunks of CHUNK_SIZE (block-aligned from a
+    block-aligned start, so `verified_range` checks whole chunks without a copy); the
+    file is closed when the iteration ends."""
     with handle as f:
         f.seek(start)
         remaining = None if end is None else max(0, end - start)
