@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         description="With objects in S3: a local copy of recently stored and read objects, "
         "up to this many bytes, under data_dir/object-cache; 0 turns it off.",
     )
+    object_cache_on_store: bool = Field(
+        default=False,
+        description="Also copy each object into the cache as it is stored (not only when "
+        "it is first read): reads of what just arrived skip S3, at a local write per object.",
+    )
     duplicate_policy: DuplicatePolicy = Field(
         default=DuplicatePolicy.REJECT,
         description="Different bytes under a stored SOP Instance UID: reject, overwrite "

@@ -40,9 +40,11 @@ from dicomvault.storage.s3 import S3Store
 from tests.support.dicom_files import as_file, good
 
 
-def _cache(tmp_path: Path, max_bytes: int = 64 * 1024 * 1024) -> tuple[CachedStore, MemoryStore]:
+def _cache(
+    tmp_path: Path, max_bytes: int = 64 * 1024 * 1024, *, on_store: bool = True
+) -> tuple[CachedStore, MemoryStore]:
     remote = MemoryStore()
-    return CachedStore(remote, tmp_path / "cache", max_bytes), remote
+    return CachedStore(remote, tmp_path / "cache", max_bytes, on_store=on_store), remote
 
 
 def _behind_its_back(remote: MemoryStore, key: str, data: bytes | None) -> None:
@@ -66,6 +68,16 @@ def test_a_stored_object_is_read_from_the_local_copy(tmp_path: Path) -> None:
     assert b"".join(cache.iter_bytes(key)) == data
     assert cache.read_range(key, BLOCK_SIZE - 2, 4) == data[BLOCK_SIZE - 2 : BLOCK_SIZE + 2]
     assert cache.size(key) == len(data)
+
+
+def test_by_default_a_copy_is_made_on_the_first_whole_read(tmp_path: Path) -> None:
+    cache, remote = _cache(tmp_path, on_store=False)
+    key = new_key()
+    cache.put(key, [b"y" * 3000])
+    assert not (tmp_path / "cache" / key).exists()
+    assert b"".join(cache.iter_bytes(key)) == b"y" * 3000
+    _behind_its_back(remote, key, None)
+    assert b"".join(cache.iter_bytes(key)) == b"y" * 3000
 
 
 def test_a_whole_read_keeps_a_copy_and_a_partial_one_does_not(tmp_path: Path) -> None:
@@ -233,6 +245,10 @@ def test_s3_storage_gets_a_cache_unless_it_is_turned_off(tmp_path: Path) -> None
     assert isinstance(store, CachedStore)
     assert store.directory == tmp_path / "object-cache"
     assert store.max_bytes == 2 * 1024**3
+    assert not store.on_store
+    on_store = open_store(Settings(data_dir=tmp_path, object_cache_on_store=True, **s3))  # type: ignore[arg-type]
+    assert isinstance(on_store, CachedStore)
+    assert on_store.on_store
     off = open_store(Settings(data_dir=tmp_path, object_cache_bytes=0, **s3))  # type: ignore[arg-type]
     assert isinstance(off, S3Store)
     assert not isinstance(open_store(Settings(data_dir=tmp_path)), CachedStore)

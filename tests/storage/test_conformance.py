@@ -69,7 +69,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
             bucket, "p", endpoint_url=endpoint, access_key_id=S3_KEY, secret_access_key=S3_SECRET
         )
         if "cached" in kind:  # a local copy in front must keep the same contract
-            plain = CachedStore(plain, tmp_path / "cache", 64 * 1024 * 1024)
+            on_store = not kind.startswith("encrypted")  # both ways of making copies
+            plain = CachedStore(plain, tmp_path / "cache", 64 * 1024 * 1024, on_store=on_store)
     if kind.startswith("encrypted"):
         # Envelope encryption must pass the same suite as the stores it wraps.
         yield EncryptedStore(plain, KeyRing(FileMasterKey(secrets.token_bytes(32))))

@@ -78,7 +78,12 @@ def open_store(settings: Settings) -> ObjectStore:
         )
         if not settings.object_cache_bytes:
             return remote
-        return CachedStore(remote, settings.data_dir / "object-cache", settings.object_cache_bytes)
+        return CachedStore(
+            remote,
+            settings.data_dir / "object-cache",
+            settings.object_cache_bytes,
+            on_store=settings.object_cache_on_store,
+        )
     raise ValueError(f"unsupported storage URL {url!r}: use file://, s3:// or memory://")
 
 

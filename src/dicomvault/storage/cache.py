@@ -5,10 +5,13 @@ its bytes over the network: the first byte of an S3 GET takes tens of millisecon
 each GET is billed. Viewers open what arrived recently and go back to what they
 opened, so the cache keeps:
 
-- every object stored through this server (written alongside the upload, as it
-  streams: the study a modality just sent is read from local disk);
 - every object read whole from the remote store (a retrieval, or a ranged read from
-  its first byte that reaches its end), filled as the bytes pass to the reader.
+  its first byte that reaches its end), filled as the bytes pass to the reader;
+- with `on_store`, every object stored through this server too, written alongside
+  the upload as it streams, so the study a modality just sent is read from local
+  disk the first time as well. Off by default: on PostgreSQL + S3 the local write of
+  each CT instance cost 40-55% of the STOW-RS rate in the benchmark
+  (docs/performance.md).
 
 Ranged reads that do not cover the whole object read the remote store and are not
 kept. Only keys the archive generates (`instances/...`) are cached, never the inbox.
@@ -52,15 +55,19 @@ _STALE_TMP_SECONDS = 3600  # temporary files older than this are leftovers of a 
 
 
 class CachedStore:
-    """`origin` with a copy of its recent objects under `directory` (at most `max_bytes`)."""
+    """`origin` with a copy of its recent objects under `directory` (at most `max_bytes`);
+    `on_store`: copies of what is stored through it too, not only of what is read."""
 
-    def __init__(self, origin: ObjectStore, directory: Path, max_bytes: int) -> None:
+    def __init__(
+        self, origin: ObjectStore, directory: Path, max_bytes: int, *, on_store: bool = False
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("an object cache needs a positive size")
         self.origin = origin
         self.url = origin.url
         self.directory = directory
         self.max_bytes = max_bytes
+        self.on_store = on_store
         self._tmp = directory / _TMP
         self._tmp.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -95,7 +102,7 @@ class CachedStore:
     # -- the store interface -------------------------------------------------------
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
-        path = self._path(key)
+        path = self._path(key) if self.on_store else None
         if path is None:
             return self.origin.put(key, chunks)
         try:
