@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
@@ -24,9 +25,11 @@ from dicomvault.index.db import Database
 from dicomvault.index.schema import objects
 from dicomvault.ingest import Ingestor
 from dicomvault.integrity import verify
+from dicomvault.pipeline.inbox_sqs import keys_in
 from dicomvault.storage import (
     CachedStore,
     MemoryStore,
+    durable,
     new_key,
     open_store,
     read_range_verified,
@@ -252,3 +255,29 @@ def test_s3_storage_gets_a_cache_unless_it_is_turned_off(tmp_path: Path) -> None
     off = open_store(Settings(data_dir=tmp_path, object_cache_bytes=0, **s3))  # type: ignore[arg-type]
     assert isinstance(off, S3Store)
     assert not isinstance(open_store(Settings(data_dir=tmp_path)), CachedStore)
+
+
+def test_s3_notifications_name_the_bucket_beneath_the_cache_and_encryption(
+    tmp_path: Path,
+) -> None:
+    s3 = S3Store("scans", "archive", endpoint_url="http://127.0.0.1:9")
+    cached = CachedStore(s3, tmp_path / "cache", 1024)
+    encrypted = EncryptedStore(cached, KeyRing(FileMasterKey(secrets.token_bytes(32))))
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": bucket}, "object": {"key": key}},
+                }
+                for bucket, key in (
+                    ("scans", "archive/inbox/a.dcm"),
+                    ("other", "archive/inbox/b.dcm"),
+                    ("scans", "elsewhere/inbox/c.dcm"),
+                )
+            ]
+        }
+    )
+    for store in (s3, cached, encrypted):
+        assert durable(store) is s3
+        assert keys_in(body, store) == ["inbox/a.dcm"]

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from dicomvault.archive import Archive
 from dicomvault.config import Settings
 from dicomvault.index.schema import objects
-from dicomvault.storage import CachedStore, LocalStore, ObjectStore, uncached
+from dicomvault.storage import CachedStore, LocalStore, ObjectStore, durable
 from dicomvault.storage.crypto import EncryptedStore
 from dicomvault.storage.keys import new_key_file
 from dicomvault.storage.s3 import S3Store
@@ -57,8 +57,7 @@ def _client(service: str, endpoint: str) -> Any:
 
 def _durable(archive: Archive) -> ObjectStore:
     """The store the archive's objects are kept in: beneath encryption and any cache."""
-    store = archive.store.plain if isinstance(archive.store, EncryptedStore) else archive.store
-    return uncached(store)
+    return durable(archive.store)
 
 
 def raw_objects(archive: Archive) -> dict[str, bytes]:

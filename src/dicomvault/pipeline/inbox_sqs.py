@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 
 from dicomvault import jobs
 from dicomvault.pipeline.inbox import enqueue_keys
-from dicomvault.storage import ObjectStore
+from dicomvault.storage import ObjectStore, durable
 from dicomvault.storage.aws import client_from_settings
 
 if TYPE_CHECKING:
@@ -43,8 +43,9 @@ def keys_in(body: str, store: ObjectStore) -> list[str]:
         return []
     if "Message" in message and isinstance(message["Message"], str):  # delivered via SNS
         return keys_in(message["Message"], store)
-    bucket = getattr(store, "bucket", None)
-    prefix = str(getattr(store, "prefix", "") or "")
+    remote = durable(store)  # not an encrypting or caching layer: they name no bucket
+    bucket = getattr(remote, "bucket", None)
+    prefix = str(getattr(remote, "prefix", "") or "")
     keys = []
     for record in message.get("Records", []):
         if not str(record.get("eventName", "")).startswith("ObjectCreated"):

@@ -29,7 +29,7 @@ from dicomvault.storage.base import (
     verified,
     verified_range,
 )
-from dicomvault.storage.cache import CachedStore, uncached
+from dicomvault.storage.cache import CachedStore, durable, uncached
 from dicomvault.storage.keys import FileMasterKey, KeyRing, KmsMasterKey, MasterKey
 from dicomvault.storage.local import LocalStore
 from dicomvault.storage.memory import MemoryStore
@@ -42,6 +42,7 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "PutResult",
+    "durable",
     "keyring_from_settings",
     "new_key",
     "open_store",

@@ -45,7 +45,7 @@ from typing import IO
 from dicomvault.storage.base import KEY_PREFIX, ObjectInfo, ObjectStore, PutResult
 from dicomvault.storage.local import iter_file
 
-__all__ = ["CachedStore", "uncached"]
+__all__ = ["CachedStore", "durable", "uncached"]
 
 log = logging.getLogger(__name__)
 
@@ -293,3 +293,13 @@ def uncached(store: ObjectStore) -> ObjectStore:
     if isinstance(store, EncryptedStore) and isinstance(store.plain, CachedStore):
         return EncryptedStore(store.plain.origin, store.keys, store.overrides)
     return store
+
+
+def durable(store: ObjectStore) -> ObjectStore:
+    """The store the objects lie in, beneath encryption and any cache: its bucket and
+    prefix are the ones S3 event notifications name."""
+    from dicomvault.storage.crypto import EncryptedStore
+
+    if isinstance(store, EncryptedStore):
+        store = store.plain
+    return store.origin if isinstance(store, CachedStore) else store
