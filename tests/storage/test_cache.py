@@ -217,6 +217,34 @@ def test_a_cache_disk_that_fails_does_not_fail_the_store(
     assert not list((tmp_path / "cache" / ".tmp").iterdir())
 
 
+def test_a_refused_put_reports_its_own_error_and_leaves_no_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, _remote = _cache(tmp_path)
+    key = new_key()
+    cache.put(key, [b"first"])
+    real_open = cache._open_tmp
+
+    def failing_close() -> tuple[Path, Any]:
+        path, out = real_open()
+
+        class Closing:
+            def write(self, data: bytes) -> int:
+                return out.write(data)
+
+            def close(self) -> None:
+                out.close()
+                raise OSError(errno.EIO, "Input/output error")
+
+        return path, Closing()
+
+    monkeypatch.setattr(cache, "_open_tmp", failing_close)
+    with pytest.raises(FileExistsError):  # not the cache disk's EIO
+        cache.put(key, [b"second"])
+    assert b"".join(cache.iter_bytes(key)) == b"first"
+    assert not list((tmp_path / "cache" / ".tmp").iterdir())
+
+
 def test_the_integrity_sweep_reads_the_remote_store(tmp_path: Path) -> None:
     cache, remote = _cache(tmp_path)
     db = Database(f"sqlite:///{tmp_path / 'index.sqlite3'}")

@@ -126,7 +126,8 @@ class CachedStore:
         try:
             result = self.origin.put(key, tee())
         except BaseException:
-            out.close()
+            with contextlib.suppress(OSError):  # the put's own error is the one to report
+                out.close()
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
