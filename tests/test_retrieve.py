@@ -14,7 +14,13 @@ import pytest
 
 from dicomvault.archive import Archive
 from dicomvault.errors import NotFound
-from dicomvault.retrieve import find_instances, headers_json
+from dicomvault.retrieve import (
+    find_instances,
+    find_with_headers,
+    headers_json,
+    instance_header,
+    instance_with_header,
+)
 from dicomvault.synthetic import dataset, to_bytes, uid
 
 STUDY = uid("r/st")
@@ -102,3 +108,23 @@ def test_what_is_outside_the_scope_is_not_found(
         find_instances(archive.db, *uids)
     with pytest.raises(NotFound):
         headers_json(archive.db, "http://archive/dicom-web", *uids)
+    if len(uids) == 3:
+        with pytest.raises(NotFound):
+            instance_with_header(archive.db, *uids)
+    else:
+        with pytest.raises(NotFound):
+            find_with_headers(archive.db, *uids)
+
+
+def test_records_read_with_their_headers_are_those_read_apart(
+    archive: Archive, stored: None
+) -> None:
+    together = find_with_headers(archive.db, STUDY)
+    assert [stored for stored, _ in together] == find_instances(archive.db, STUDY)
+    for stored, header in together:
+        uids = (stored.study_uid, stored.series_uid, stored.sop_uid)
+        assert header == instance_header(archive.db, *uids)
+        assert header["00080018"]["Value"] == [stored.sop_uid]
+        assert instance_with_header(archive.db, *uids) == (stored, header)
+    in_series = find_with_headers(archive.db, STUDY, _series("b"))
+    assert [s.sop_uid for s, _ in in_series] == [_sop("b1"), _sop("b2")]

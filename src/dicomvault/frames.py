@@ -29,13 +29,21 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 from dicomvault.errors import InvalidQuery, NotAcceptable, NotFound, StorageError
 from dicomvault.index.db import Database
 from dicomvault.model.transfer_syntax import is_native
-from dicomvault.retrieve import StoredInstance, find_instances, instance_header, load_dataset
+from dicomvault.retrieve import (
+    StoredInstance,
+    find_instances,
+    find_with_headers,
+    instance_header,
+    instance_with_header,
+    load_dataset,
+)
 from dicomvault.storage import ObjectStore, verified_range
 
 __all__ = ["ImageInstance", "open_image", "parse_frame_list", "representative_image"]
 
 PIXEL_DATA = "7FE00010"
 _IMAGE_PIXEL_GROUP = "0028"  # Image Pixel, Modality LUT, VOI LUT and palette attributes
+_NO_IMAGE = "no image instance to show: nothing here has Rows and Columns"
 _FRAME_LIST = re.compile(r"[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*")
 
 
@@ -247,8 +255,8 @@ class ImageInstance:
         if not self.ranged:
             return self._decode(number)
         ds = Dataset()
-        ds.update(self.attributes())
-        ds.NumberOfFrames = 1
+        ds.update(self.attributes())  # shares their elements: replace, never change, them
+        ds.add_new(0x00280008, "IS", 1)  # NumberOfFrames
         ds.PixelData = self.native_frame(number)
         ds["PixelData"].VR = "OW" if self.geometry.bits_allocated > 8 else "OB"
         ds.file_meta = FileMetaDataset()
@@ -262,8 +270,14 @@ class ImageInstance:
         """The Image Pixel, Modality LUT and VOI LUT attributes (group 0028), for rendering.
 
         Taken from the indexed header; when one of them (a large LUT) was replaced by a
-        BulkDataURI there, from the stored object instead.
+        BulkDataURI there, from the stored object instead. Built once per instance (a
+        rendered frame needs them twice: to read its pixels, then to display them); not
+        to be changed by the caller.
         """
+        return self._attributes
+
+    @cached_property
+    def _attributes(self) -> Dataset:
         chosen = {k: v for k, v in self.header.items() if k.startswith(_IMAGE_PIXEL_GROUP)}
         if _has_bulk_uri(chosen):
             return self.dataset.group_dataset(0x0028)
@@ -285,8 +299,8 @@ def open_image(
     db: Database, store: ObjectStore, study_uid: str, series_uid: str, sop_uid: str
 ) -> ImageInstance:
     """The image instance at a WADO-RS instance URL; NotFound when absent or not an image."""
-    (stored,) = find_instances(db, study_uid, series_uid, sop_uid)
-    return ImageInstance(store, stored, instance_header(db, study_uid, series_uid, sop_uid))
+    stored, header = instance_with_header(db, study_uid, series_uid, sop_uid)
+    return ImageInstance(store, stored, header)
 
 
 def images_of(
@@ -296,16 +310,18 @@ def images_of(
 
     Headers are read here, from the index; pixels only when a frame is asked for.
     """
-    return [
-        ImageInstance(store, i, instance_header(db, i.study_uid, i.series_uid, i.sop_uid))
-        for i in _stored_images(db, study_uid, series_uid)
+    found = [
+        (i, h) for i, h in find_with_headers(db, study_uid, series_uid) if i.rows and i.columns
     ]
+    if not found:
+        raise NotFound(_NO_IMAGE)
+    return [ImageInstance(store, stored, header) for stored, header in found]
 
 
 def _stored_images(db: Database, study_uid: str, series_uid: str | None) -> list[StoredInstance]:
     found = [i for i in find_instances(db, study_uid, series_uid) if i.rows and i.columns]
     if not found:
-        raise NotFound("no image instance to show: nothing here has Rows and Columns")
+        raise NotFound(_NO_IMAGE)
     return found
 
 

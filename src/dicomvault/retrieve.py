@@ -28,9 +28,11 @@ __all__ = [
     "StoredInstance",
     "element_value",
     "find_instances",
+    "find_with_headers",
     "headers_json",
     "instance_bytes",
     "instance_header",
+    "instance_with_header",
     "load_dataset",
     "match_instances",
     "transcode",
@@ -199,6 +201,39 @@ def find_instances(
     )
     scope, rows = _scoped_rows(db, query, study_uid, series_uid, sop_uid)
     return [StoredInstance(study_uid, scope.series[row[0]][1], *row[1:]) for row in rows]
+
+
+def find_with_headers(
+    db: Database, study_uid: str, series_uid: str | None = None
+) -> list[tuple[StoredInstance, dict[str, Any]]]:
+    """`find_instances` of a study or series, each with its indexed DICOM JSON header
+    (BulkDataURIs still relative), read in the same query rather than one per instance."""
+    query = select(instances.c.series_fk, *_STORED_COLUMNS, instances.c.header).join(
+        objects, objects.c.id == instances.c.object_fk
+    )
+    scope, rows = _scoped_rows(db, query, study_uid, series_uid, None)
+    return [
+        (StoredInstance(study_uid, scope.series[row[0]][1], *row[1:-1]), dict(row[-1]))
+        for row in rows
+    ]
+
+
+def instance_with_header(
+    db: Database, study_uid: str, series_uid: str, sop_uid: str
+) -> tuple[StoredInstance, dict[str, Any]]:
+    """One instance at a WADO-RS instance URL and its indexed header, in one query.
+
+    The pixel resources of an instance (frames, rendered, bulk data) need both; read
+    apart they cost three statements, each a round trip on PostgreSQL.
+    """
+    query = _where_uids(
+        _instance_select().add_columns(instances.c.header), study_uid, series_uid, sop_uid
+    )
+    with db.read() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise NotFound("no such instance")
+    return StoredInstance(*row[:-1]), dict(row[-1])
 
 
 def match_instances(

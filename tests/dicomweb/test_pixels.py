@@ -19,6 +19,7 @@ from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
 
 from dicomvault.archive import Archive
+from dicomvault.frames import open_image
 from dicomvault.synthetic import ct_image, dataset, to_bytes, uid
 from tests.support.tamper import rewrite_object
 
@@ -617,3 +618,17 @@ def test_thumbnails_show_a_representative_instance(archive: Archive, server: str
     _error(httpx.get(f"{server}/dicom-web/studies/1.2.3/thumbnail"), 404)
     _error(httpx.get(f"{root}/series/1.2.3/thumbnail"), 404)
     _error(httpx.get(f"{server}/dicom-web/studies/1..2/thumbnail"), 400)
+
+
+def test_reading_a_frame_leaves_the_instance_attributes_as_indexed(
+    archive: Archive, stored: dict[str, Dataset]
+) -> None:
+    # The group 0028 attributes are built once per instance and shared with the data
+    # set a frame is read through, which says it holds one frame: sharing must not
+    # change the instance's own NumberOfFrames.
+    image = open_image(archive.db, archive.store, STUDY, SERIES, _sop("native"))
+    attributes = image.attributes()
+    np.testing.assert_array_equal(image.frame_array(2), stored["native"].pixel_array[1])
+    assert image.attributes() is attributes
+    assert int(attributes.NumberOfFrames) == 4
+    np.testing.assert_array_equal(image.frame_array(4), stored["native"].pixel_array[3])

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 
 from dicomvault.index.db import Database
+from dicomvault.index.prepared import Prepared
 from dicomvault.index.schema import patients, studies
 
 __all__ = ["StudyOwner", "study_owner", "study_owners"]
@@ -40,6 +41,21 @@ def study_owners(db: Database, study_uids: Iterable[str]) -> dict[str, StudyOwne
     return found
 
 
-def study_owner(db: Database, study_uid: str) -> StudyOwner | None:
-    """Site and patient of one study; None when it is not stored."""
-    return study_owners(db, [study_uid]).get(study_uid)
+def study_owner(db: Database, study_uid: str, conn: Connection | None = None) -> StudyOwner | None:
+    """Site and patient of one study; None when it is not stored.
+
+    Asked for every request on a study's URL, so a prepared statement (`index.prepared`),
+    on `conn` when the caller is already reading.
+    """
+    if conn is None:
+        row = _STUDY_OWNER.lookup(db, {"uid": study_uid})
+    else:
+        row = _STUDY_OWNER.first(conn, {"uid": study_uid})
+    return None if row is None else StudyOwner(row[0], row[1])
+
+
+_STUDY_OWNER = Prepared(
+    select(studies.c.site, patients.c.patient_id)
+    .join(patients, patients.c.id == studies.c.patient_fk)
+    .where(studies.c.study_uid == bindparam("uid"))
+)

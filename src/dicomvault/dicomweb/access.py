@@ -135,18 +135,18 @@ def _authorize(
     db: Database, request: Request, principal: Principal, action: Action
 ) -> AccessContext:
     """The policy decision for one request; raises HTTPException (audited) on refusal."""
+    raw_study = request.path_params.get("study")
+    # A malformed UID names no study: the route answers 400 for it; the audit keeps
+    # only valid UIDs in its study column (the raw path is in the record's detail).
+    study_uid = raw_study if is_valid_uid(raw_study) else None
     with db.read() as conn:
         directory = site_directory(conn)
+        found = study_owner(db, study_uid, conn) if study_uid else None
     sites = readable_sites(principal, directory)
     context = AccessContext(principal, action, sites)
     explicit_site = request.path_params.get("site")
     if action is Action.STORE:
         context.store_site = _store_site(principal, explicit_site, {s.code for s in directory})
-    raw_study = request.path_params.get("study")
-    # A malformed UID names no study: the route answers 400 for it; the audit keeps
-    # only valid UIDs in its study column (the raw path is in the record's detail).
-    study_uid = raw_study if is_valid_uid(raw_study) else None
-    found = study_owner(db, study_uid) if study_uid else None
     if found is not None:
         context.study_uid, context.patient_id = study_uid, found.patient_id
         decision = decide(principal, action, directory=directory, site=found.site)
