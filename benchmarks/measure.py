@@ -59,11 +59,13 @@ def stow(base: str, files: Sequence[bytes], clients: int, per_request: int) -> d
     """Store `files` with `clients` parallel clients, `per_request` instances per request."""
     requests = [_multipart(files[i : i + per_request]) for i in range(0, len(files), per_request)]
     local = threading.local()
+    opened: list[httpx.Client] = []  # closed at the end: no idle connection outlives the case
 
     def send(request: tuple[bytes, str]) -> None:
         client = getattr(local, "client", None)
         if client is None:
             client = local.client = httpx.Client(timeout=600)
+            opened.append(client)
         response = client.post(
             f"{base}/studies",
             content=request[0],
@@ -73,8 +75,12 @@ def stow(base: str, files: Sequence[bytes], clients: int, per_request: int) -> d
             raise RuntimeError(f"STOW-RS {response.status_code}: {response.text[:300]}")
 
     started, cpu = time.perf_counter(), _own_cpu_s()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(send, requests))
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(send, requests))
+    finally:
+        for client in opened:
+            client.close()
     elapsed = time.perf_counter() - started
     size = sum(len(f) for f in files)
     return {

@@ -4,11 +4,13 @@ workers, in one process or several.
 One Python process runs Python code on one core at a time. With `serve_processes`
 N > 1, `dicomvault serve` forks N - 1 more processes that serve the same ports: each
 listening socket (HTTP, DICOM, DICOM TLS) is bound once before the fork and shared,
-and whichever process accepts first takes the connection. A DICOM association lasts
-(a modality sends a whole study on one), so there the process already serving more
-of them waits a little before it accepts, and the least busy one takes it (see
-`dimse.server`); SO_REUSEPORT would hash each connection to a process regardless of
-load, and four associations landed all on one process one time in three.
+and a connection goes to the least busy process: an HTTP connection is kept alive
+for many requests and a DICOM association for a whole study, so where it lands
+decides where they all run. A process already serving more connections waits a
+little before it accepts, and a less busy one takes it (HTTP: `http_balance`, on
+counts the processes share; DICOM: `dimse.server`). SO_REUSEPORT would hash each
+connection to a process regardless of load, and four associations landed all on one
+process one time in three.
 Every process opens its own database connections and object store after the fork;
 the job workers run in the first process only. Everything that must be done once
 (schema migration, the secure-defaults check, the allocator's tuning in
@@ -36,6 +38,7 @@ from dicomvault.allocator import tune_allocator
 from dicomvault.archive import Archive
 from dicomvault.collector import freeze_startup_objects
 from dicomvault.config import Settings
+from dicomvault.http_balance import BalancedServer, LoadBoard
 
 __all__ = ["HTTP_NOTSENT_LOWAT", "Plan", "dicom_listeners", "http_listener", "run"]
 
@@ -119,28 +122,35 @@ def run(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket] | N
     dicom = dicom or {}
     _stop_request.install()
     tune_allocator()  # before the fork: every process inherits it
-    children = [_fork(plan, listener, dicom) for _ in range(plan.processes - 1)]
+    board = LoadBoard(plan.processes) if plan.processes > 1 else None
+    children = [_fork(plan, listener, dicom, board, i) for i in range(1, plan.processes)]
     failed, stopping = threading.Event(), threading.Event()
     if children:
         threading.Thread(
             target=_watch, args=(children, failed, stopping), name="serve-watch", daemon=True
         ).start()
     try:
-        _serve(plan, listener, dicom, first=True)
+        _serve(plan, listener, dicom, first=True, board=board)
     finally:
         stopping.set()
         _stop(children)
     return 1 if failed.is_set() else 0
 
 
-def _fork(plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket]) -> int:
+def _fork(
+    plan: Plan,
+    listener: socket.socket,
+    dicom: dict[int, socket.socket],
+    board: LoadBoard | None,
+    index: int,
+) -> int:
     pid = os.fork()
     if pid:
         return pid
     status = 1
     try:
         _die_with_parent()
-        _serve(plan, listener, dicom, first=False)
+        _serve(plan, listener, dicom, first=False, board=board, index=index)
         status = 0
     except BaseException:  # a child must never return into the parent's code
         log.exception("serve process %d failed", os.getpid())
@@ -159,10 +169,17 @@ def _die_with_parent() -> None:
 
 
 def _serve(
-    plan: Plan, listener: socket.socket, dicom: dict[int, socket.socket], *, first: bool
+    plan: Plan,
+    listener: socket.socket,
+    dicom: dict[int, socket.socket],
+    *,
+    first: bool,
+    board: LoadBoard | None = None,
+    index: int = 0,
 ) -> None:
     """One process's servers: uvicorn on the shared socket, the DICOM node, and (in the
-    first process) the job workers."""
+    first process) the job workers. With several processes, `board` is where they
+    share their HTTP load and `index` this process's place on it."""
     import uvicorn
 
     from dicomvault.dicomweb.app import create_app
@@ -193,7 +210,7 @@ def _serve(
             log_level=plan.log_level,
             access_log=plan.log_level == "debug",
         )
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(config) if board is None else BalancedServer(config, board, index)
         _stop_request.server = server
         if _stop_request.requested:  # asked to stop while starting: start, then stop at once
             server.should_exit = True

@@ -1,0 +1,207 @@
+"""HTTP connections spread over the processes of `serve --processes N` by their load.
+
+The processes share one listening socket (see `serving`). Left to uvicorn, each
+process's event loop accepts whatever connections are queued when it wakes, so
+clients connecting together often all landed on one process: with four STOW-RS
+clients on two processes, the processes' CPU over a run was 2.06 s against 1.14,
+and 2.10 against 1.18, and one process runs Python on one core at a time. An HTTP
+connection is kept alive for many requests, so where it lands decides where they
+all run.
+
+Here each process publishes the number of connections it holds on a `LoadBoard`,
+memory shared by the processes forked after it. A process holding more than the
+least busy one waits `DEFER_S` before it accepts, so that the least busy takes the
+connection; if the connection is still waiting after that (the others are busy),
+it takes it itself. The DICOM node balances its associations the same way with a
+wait per connection held (`dimse.server`), as its processes do not share counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import mmap
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+__all__ = ["DEFER_S", "BalancedServer", "LoadBoard"]
+
+log = logging.getLogger(__name__)
+
+DEFER_S = 0.005  # a busier process's wait before it takes a connection itself
+_RETRY_S = 1.0  # out of file descriptors: accept again after this (as asyncio does)
+
+
+class LoadBoard:
+    """Connections held by each process, in memory every process forked later shares.
+
+    Each process writes only its own slot; reading the others' without a lock is
+    enough for a hint of who is least busy."""
+
+    def __init__(self, processes: int) -> None:
+        if processes < 1:
+            raise ValueError("a load board needs at least one process")
+        self._memory = mmap.mmap(-1, ctypes.sizeof(ctypes.c_int32) * processes)
+        self._counts = (ctypes.c_int32 * processes).from_buffer(self._memory)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def publish(self, index: int, connections: int) -> None:
+        self._counts[index] = connections
+
+    def counts(self) -> list[int]:
+        return list(self._counts)
+
+    def busier(self, index: int) -> bool:
+        """Whether another process holds fewer connections than process `index`."""
+        mine = self._counts[index]
+        return any(count < mine for other, count in enumerate(self._counts) if other != index)
+
+
+class _Acceptor:
+    """Accepts this process's share of the connections on a shared listening socket."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: Callable[[], asyncio.Protocol],
+        tls: ssl.SSLContext | None,
+        changed: Callable[[], None],
+        busier: Callable[[], bool],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._tls = tls
+        self._changed = changed  # this process's count of connections changed
+        self._busier = busier
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.pending = 0  # accepted, not yet handed to their protocol
+        self._tasks: set[asyncio.Task[None]] = set()
+        sock.setblocking(False)
+        loop.add_reader(self._fd, self._ready)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop.remove_reader(self._fd)
+
+    def _ready(self) -> None:
+        if self._busier():
+            self._pause(DEFER_S)
+            return
+        self._accept()
+
+    def _pause(self, seconds: float) -> None:
+        self._loop.remove_reader(self._fd)
+        self._timer = self._loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        self._loop.add_reader(self._fd, self._ready)
+        self._accept()  # still queued after the wait: nobody less busy took it
+
+    def _accept(self) -> None:
+        try:
+            conn, _address = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # another process took it, or its client gave up
+        except OSError as exc:  # out of file descriptors, most likely: not in a busy loop
+            log.error("cannot accept an HTTP connection (%s); trying again shortly", exc)
+            self._pause(_RETRY_S)
+            return
+        conn.setblocking(False)
+        self.pending += 1
+        self._changed()
+        task = self._loop.create_task(self._connect(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol, conn, ssl=self._tls)
+        except Exception as exc:  # noqa: BLE001 - a failed handshake ends that connection only
+            log.debug("HTTP connection dropped before its first request: %s", exc)
+            conn.close()
+        finally:
+            self.pending -= 1
+            self._changed()
+
+
+class _Watched(set[Any]):
+    """uvicorn's set of open connections, telling each change (its protocols add
+    themselves when a connection is made and discard themselves when it is lost)."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        super().__init__()
+        self._changed = changed
+
+    def add(self, item: Any) -> None:
+        super().add(item)
+        self._changed()
+
+    def discard(self, item: Any) -> None:
+        super().discard(item)
+        self._changed()
+
+
+class BalancedServer(uvicorn.Server):
+    """uvicorn on a listening socket shared by processes, taking its share of connections.
+
+    `index` is this process's slot on `board`."""
+
+    def __init__(self, config: uvicorn.Config, board: LoadBoard, index: int) -> None:
+        super().__init__(config)
+        self._board = board
+        self._index = index
+        self._acceptors: list[_Acceptor] = []
+        self.server_state.connections = _Watched(self._publish)
+
+    def connections(self) -> int:
+        """Connections this process holds, those still in their TLS handshake included."""
+        return len(self.server_state.connections) + sum(a.pending for a in self._acceptors)
+
+    def _publish(self) -> None:
+        self._board.publish(self._index, self.connections())
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])  # the application's startup, no listener
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:  # as uvicorn's own startup makes them
+            made: Any = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            return made  # type: ignore[no-any-return]
+
+        for sock in sockets or []:
+            self._acceptors.append(
+                _Acceptor(
+                    loop,
+                    sock,
+                    protocol,
+                    config.ssl,
+                    self._publish,
+                    lambda: self._board.busier(self._index),
+                )
+            )
+        self._publish()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for acceptor in self._acceptors:
+            acceptor.close()
+        await super().shutdown(sockets=sockets)
