@@ -10,10 +10,10 @@ when both landed on one process, 1,015-1,100 when split.
 
 Here each process publishes the number of connections it holds on a `LoadBoard`,
 memory shared by the processes forked after it. A process holding more than the
-least busy one waits `DEFER_S` before it accepts, so that the least busy takes the
-connection; if the connection is still waiting after that (the others are busy),
-it takes it itself. The DICOM node balances its associations the same way with a
-wait per connection held (`dimse.server`), as its processes do not share counts.
+least busy one waits `DEFER_S` and looks again, so that the least busy takes the
+connection; after three such waits it takes it itself (the others may be busy). The
+DICOM node balances its associations the same way with a wait per connection held
+(`dimse.server`), as its processes do not share counts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ __all__ = ["DEFER_S", "BalancedServer", "LoadBoard"]
 
 log = logging.getLogger(__name__)
 
-DEFER_S = 0.005  # a busier process's wait before it takes a connection itself
+DEFER_S = 0.005  # a busier process's wait before it looks at a waiting connection again
+_MOST_WAITS = 3  # then it takes the connection itself: the others may be stuck
 _RETRY_S = 1.0  # out of file descriptors: accept again after this (as asyncio does)
 
 
@@ -70,7 +71,8 @@ class _Acceptor:
         sock: socket.socket,
         protocol: Callable[[], asyncio.Protocol],
         tls: ssl.SSLContext | None,
-        changed: Callable[[], None],
+        accepted: Callable[[], None],
+        dropped: Callable[[], None],
         busier: Callable[[], bool],
     ) -> None:
         self._loop = loop
@@ -78,11 +80,12 @@ class _Acceptor:
         self._fd = sock.fileno()
         self._protocol = protocol
         self._tls = tls
-        self._changed = changed  # this process's count of connections changed
+        self._accepted = accepted  # a connection taken, not yet made (TLS handshake)
+        self._dropped = dropped  # one that ended before it was made
         self._busier = busier
         self._timer: asyncio.TimerHandle | None = None
+        self._waits = 0  # DEFER_S waits in a row so far
         self._closed = False
-        self.pending = 0  # accepted, not yet handed to their protocol
         self._tasks: set[asyncio.Task[None]] = set()
         sock.setblocking(False)
         loop.add_reader(self._fd, self._ready)
@@ -95,9 +98,13 @@ class _Acceptor:
         self._loop.remove_reader(self._fd)
 
     def _ready(self) -> None:
-        if self._busier():
+        # Counts change while a process waits (another took a connection meanwhile):
+        # each look decides again, so that the one least busy by then takes it.
+        if self._waits < _MOST_WAITS and self._busier():
+            self._waits += 1
             self._pause(DEFER_S)
             return
+        self._waits = 0
         self._accept()
 
     def _pause(self, seconds: float) -> None:
@@ -109,7 +116,7 @@ class _Acceptor:
         if self._closed:
             return
         self._loop.add_reader(self._fd, self._ready)
-        self._accept()  # still queued after the wait: nobody less busy took it
+        self._ready()  # a look now, queued or not: an empty queue only ends the waits
 
     def _accept(self) -> None:
         try:
@@ -121,8 +128,7 @@ class _Acceptor:
             self._pause(_RETRY_S)
             return
         conn.setblocking(False)
-        self.pending += 1
-        self._changed()
+        self._accepted()
         task = self._loop.create_task(self._connect(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -133,26 +139,26 @@ class _Acceptor:
         except Exception as exc:  # noqa: BLE001 - a failed handshake ends that connection only
             log.debug("HTTP connection dropped before its first request: %s", exc)
             conn.close()
-        finally:
-            self.pending -= 1
-            self._changed()
+            self._dropped()
 
 
 class _Watched(set[Any]):
-    """uvicorn's set of open connections, telling each change (its protocols add
-    themselves when a connection is made and discard themselves when it is lost)."""
+    """uvicorn's set of open connections, telling each change: its protocols add
+    themselves when a connection is made (after the TLS handshake, if any) and
+    discard themselves when it is lost."""
 
-    def __init__(self, changed: Callable[[], None]) -> None:
+    def __init__(self, made: Callable[[], None], lost: Callable[[], None]) -> None:
         super().__init__()
-        self._changed = changed
+        self._made = made
+        self._lost = lost
 
     def add(self, item: Any) -> None:
         super().add(item)
-        self._changed()
+        self._made()
 
     def discard(self, item: Any) -> None:
         super().discard(item)
-        self._changed()
+        self._lost()
 
 
 class BalancedServer(uvicorn.Server):
@@ -165,14 +171,24 @@ class BalancedServer(uvicorn.Server):
         self._board = board
         self._index = index
         self._acceptors: list[_Acceptor] = []
-        self.server_state.connections = _Watched(self._publish)
+        self._pending = 0  # accepted, not yet made: in their TLS handshake, say
+        self.server_state.connections = _Watched(self._settled, self._publish)
 
     def connections(self) -> int:
         """Connections this process holds, those still in their TLS handshake included."""
-        return len(self.server_state.connections) + sum(a.pending for a in self._acceptors)
+        return len(self.server_state.connections) + self._pending
 
     def _publish(self) -> None:
         self._board.publish(self._index, self.connections())
+
+    def _accepted(self) -> None:
+        self._pending += 1
+        self._publish()
+
+    def _settled(self) -> None:
+        """A pending connection was made, or dropped: counted once either way."""
+        self._pending = max(0, self._pending - 1)
+        self._publish()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])  # the application's startup, no listener
@@ -192,7 +208,8 @@ class BalancedServer(uvicorn.Server):
                     sock,
                     protocol,
                     config.ssl,
-                    self._publish,
+                    self._accepted,
+                    self._settled,
                     lambda: self._board.busier(self._index),
                 )
             )
