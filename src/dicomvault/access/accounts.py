@@ -1,6 +1,6 @@
 """Sites, local users and API tokens: create, list, disable, and check credentials.
 
-Passwords are hashed with argon2id (argon2-cffi's defaults). API tokens look like
+Passwords are hashed with argon2id (`access.passwords`). API tokens look like
 `dvt_<id>_<secret>`: the id finds the row, the 32-byte random secret is compared by
 its SHA-256 in constant time. A token can expire and be revoked; a disabled user's
 tokens stop working at once.
@@ -15,10 +15,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, false, select, update
 
+from dicomvault.access.passwords import hash_password, verify_password
 from dicomvault.access.policy import Principal, Role, SiteInfo
 from dicomvault.access.tables import sites, tokens, users
 from dicomvault.errors import DicomVaultError
@@ -46,10 +45,9 @@ TOKEN_PREFIX = "dvt_"  # noqa: S105 -- a public prefix, not a secret
 _TOKEN = re.compile(r"dvt_([0-9]+)_([A-Za-z0-9_-]{20,})")
 _SITE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
-_hasher = PasswordHasher()
 # Checked against when the user does not exist, so that a wrong name costs the same
 # time as a wrong password and does not reveal which names exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 class AccountError(DicomVaultError):
@@ -133,7 +131,7 @@ def add_user(
                 name=name,
                 role=role.value,
                 site=site,
-                password_hash=_hasher.hash(password) if password is not None else None,
+                password_hash=hash_password(password) if password is not None else None,
             )
         )
 
@@ -211,9 +209,7 @@ def check_password(
             )
         ).first()
     stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
-    try:
-        _hasher.verify(stored, password)
-    except (VerificationError, InvalidHashError):
+    if not verify_password(stored, password):
         return None
     if row is None or row.disabled or not row.password_hash:
         return None
