@@ -69,6 +69,32 @@ def test_a_session_leaves_exactly_one_record_per_event(world: World) -> None:
     assert verify(world.archive.db) == (6, [])
 
 
+def test_each_store_request_is_one_record_with_its_status(world: World) -> None:
+    """One part stored, one part refused, two parts in one request: a record each."""
+    headers = basic("tom") | {"Content-Type": STOW_TYPE}
+    url = f"{world.url}/dicom-web/studies"
+    first, second = list(study_instances("stow-audit", per_series=2, patient_id="PSTOW"))
+    answers = [
+        httpx.post(url, headers=headers, content=multipart(("application/dicom", first))),
+        httpx.post(url, headers=headers, content=multipart(("application/dicom", b"not DICOM"))),
+        httpx.post(
+            url,
+            headers=headers,
+            content=multipart(("application/dicom", first), ("application/dicom", second)),
+        ),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 400, 200]
+    rows = search(world.archive.db, actor="tom")
+    assert [(r["action"], r["outcome"], r["detail"]["status"]) for r in rows] == [
+        ("store", "success", 200),
+        ("store", "failure", 400),
+        ("store", "success", 200),
+    ]
+    assert rows[0]["patient_id"] == rows[2]["patient_id"] == "PSTOW"
+    assert rows[0]["detail"]["studies"] == [uid("stow-audit/study")]
+    assert "studies" not in rows[1]["detail"]
+
+
 def test_a_refused_delete_is_one_denied_record(world: World) -> None:
     login = httpx.post(f"{world.url}/auth/login", headers=basic("ann"), timeout=30)
     token = {"Authorization": f"Bearer {login.json()['token']}"}

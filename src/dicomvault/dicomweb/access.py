@@ -39,6 +39,8 @@ __all__ = [
     "AuditMiddleware",
     "classify",
     "guard",
+    "record_request",
+    "request_event",
     "route_path",
 ]
 
@@ -285,21 +287,40 @@ class AuditMiddleware:
             await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
-        state = scope.get("state") or {}
-        context: AccessContext | None = state.get("access")
-        if context is None or context.action is None or state.get("audited"):
-            return
-        archive: Archive = scope["app"].state.archive
-        request = Request(scope)
-        detail: dict[str, Any] = {"status": status}
-        if request.url.query:
-            detail["query"] = request.url.query
-        if context.stored_studies:
-            detail["studies"] = sorted(context.stored_studies)
-            if context.study_uid is None and len(context.stored_studies) == 1:
-                ((context.study_uid, context.patient_id),) = context.stored_studies.items()
-        outcome = Outcome.SUCCESS if status < 400 else Outcome.FAILURE
-        event = _event(
-            request, context.principal, _AUDITED[context.action], outcome, detail, context
-        )
-        await in_thread(archive.auditor.record, event)
+        event = request_event(scope, status)
+        if event is not None:
+            archive: Archive = scope["app"].state.archive
+            await in_thread(archive.auditor.record, event)
+
+
+def request_event(scope: Scope, status: int) -> AuditEvent | None:
+    """The audit record of a request a route served with `status`; None when there is
+    none to write (a public route, or one already audited)."""
+    state = scope.get("state") or {}
+    context: AccessContext | None = state.get("access")
+    if context is None or context.action is None or state.get("audited"):
+        return None
+    request = Request(scope)
+    detail: dict[str, Any] = {"status": status}
+    if request.url.query:
+        detail["query"] = request.url.query
+    if context.stored_studies:
+        detail["studies"] = sorted(context.stored_studies)
+        if context.study_uid is None and len(context.stored_studies) == 1:
+            ((context.study_uid, context.patient_id),) = context.stored_studies.items()
+    outcome = Outcome.SUCCESS if status < 400 else Outcome.FAILURE
+    return _event(request, context.principal, _AUDITED[context.action], outcome, detail, context)
+
+
+def record_request(scope: Scope, status: int) -> None:
+    """Write the request's audit record (blocking: on a worker thread), once.
+
+    A route may call it itself, from the worker thread its own work runs on, when it
+    knows its status there (STOW-RS of one part): one thread hop fewer per request,
+    and `AuditMiddleware` then finds the request audited."""
+    event = request_event(scope, status)
+    if event is None:
+        return
+    archive: Archive = scope["app"].state.archive
+    archive.auditor.record(event)
+    scope["state"]["audited"] = True

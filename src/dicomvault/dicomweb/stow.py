@@ -2,7 +2,8 @@
 
 The body is spooled part by part (bounded memory) and ingested only once the
 closing boundary has arrived, so a truncated request stores nothing. Each part
-then goes through the one ingest function on a worker thread.
+then goes through the one ingest function on a worker thread; a request of one part
+is also audited on that thread (one hop fewer: see `record_request`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import pydicom
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.tag import Tag
+from starlette.types import Scope
 
 from dicomvault.archive import Archive
-from dicomvault.dicomweb.access import AccessContext
+from dicomvault.dicomweb.access import AccessContext, record_request
 from dicomvault.dicomweb.media import parse_media_type
 from dicomvault.dicomweb.multipart import MultipartError, Part, close_parts, read_parts
 from dicomvault.dicomweb.responses import DICOM_JSON, root_url
@@ -115,9 +117,13 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
             user=context.principal.name,
             address=request.client.host if request.client else None,
         )
-        return await _store_parts(
-            archive, parts, study, root_url(request), origin, context.stored_studies
-        )
+        store = _Store(archive, study, root_url(request), origin, context.stored_studies)
+        if len(parts) == 1:
+            # One thread hop for the part and the request's audit record, not two.
+            body, status = await in_thread(_store_alone, store, parts[0], request.scope)
+        else:
+            body, status = _answer(store, await _store_parts(store, parts))
+        return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
     finally:
         close_parts(parts)
 
@@ -135,52 +141,67 @@ class _PartOutcome:
     item: dict[str, Any]  # a ReferencedSOPSequence or FailedSOPSequence item
 
 
-async def _store_parts(
-    archive: Archive,
-    parts: list[Part],
-    study: str | None,
-    base: str,
-    origin: Origin,
-    stored_studies: dict[str, str],
-) -> Response:
-    # Parts are ingested several at a time: their object writes (and fsyncs) overlap,
-    # which is most of the gain of a many-instance request; the index stays consistent
-    # because each part is its own ingest. The response keeps the parts' order.
-    limit = asyncio.Semaphore(PARALLEL_PARTS)
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """What every part of one request is stored with."""
 
-    async def store(number: int, part: Part) -> _PartOutcome:
+    archive: Archive
+    study: str | None  # the study the URL names, if any
+    base: str  # the root URL the RetrieveURLs start from
+    origin: Origin
+    stored_studies: dict[str, str]  # filled in: study UID -> patient ID
+
+    def part(self, number: int, part: Part) -> _PartOutcome:
+        """Ingest one part (blocking: on a worker thread); its sequence item."""
         if part.content_type not in ("", "application/dicom"):
             reason = f"part {number} is {part.content_type}, not application/dicom"
             return _PartOutcome(
                 _Kind.REFUSED, _failure(FailureReason.CANNOT_UNDERSTAND) | _comment(reason)
             )
-        async with limit:
-            try:
-                result = await in_thread(
-                    archive.ingestor.ingest, part.file, expected_study_uid=study, origin=origin
-                )
-            except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others
-                return _failed(number, part, exc)
-        stored_studies[result.study_uid] = result.patient_id
-        return _PartOutcome(_Kind.STORED, _reference(base, result))
+        try:
+            result = self.archive.ingestor.ingest(
+                part.file, expected_study_uid=self.study, origin=self.origin
+            )
+        except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others
+            return _failed(number, part, exc)
+        self.stored_studies[result.study_uid] = result.patient_id
+        return _PartOutcome(_Kind.STORED, _reference(self.base, result))
 
-    outcomes = await asyncio.gather(*(store(n, p) for n, p in enumerate(parts, start=1)))
+
+def _store_alone(store: _Store, part: Part, scope: Scope) -> tuple[dict[str, Any], int]:
+    """A request's only part stored, and the request audited, on one worker thread."""
+    body, status = _answer(store, [store.part(1, part)])
+    record_request(scope, status)
+    return body, status
+
+
+async def _store_parts(store: _Store, parts: list[Part]) -> list[_PartOutcome]:
+    # Parts are ingested several at a time: their object writes (and fsyncs) overlap,
+    # which is most of the gain of a many-instance request; the index stays consistent
+    # because each part is its own ingest. The outcomes keep the parts' order.
+    limit = asyncio.Semaphore(PARALLEL_PARTS)
+
+    async def one(number: int, part: Part) -> _PartOutcome:
+        async with limit:
+            return await in_thread(store.part, number, part)
+
+    return await asyncio.gather(*(one(n, p) for n, p in enumerate(parts, start=1)))
+
+
+def _answer(store: _Store, outcomes: list[_PartOutcome]) -> tuple[dict[str, Any], int]:
+    """The response body (PS3.18 10.5.3) and status for the parts' outcomes."""
     stored = [o.item for o in outcomes if o.kind is _Kind.STORED]
     failed = [o.item for o in outcomes if o.kind is not _Kind.STORED]
     kinds = Counter(o.kind for o in outcomes)
-
     body: dict[str, Any] = {}
-    if study is not None:
-        body[_RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
+    if store.study is not None:
+        body[_RETRIEVE_URL] = {"vr": "UR", "Value": [f"{store.base}/studies/{store.study}"]}
     if failed:
         body[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
     if stored:
         body[_REFERENCED_SOP_SEQUENCE] = {"vr": "SQ", "Value": stored}
-    return JSONResponse(
-        body,
-        status_code=_status(len(stored), len(failed), kinds[_Kind.CONFLICT], kinds[_Kind.SERVER]),
-        media_type=DICOM_JSON,
-    )
+    status = _status(len(stored), len(failed), kinds[_Kind.CONFLICT], kinds[_Kind.SERVER])
+    return body, status
 
 
 def _failed(number: int, part: Part, exc: Exception) -> _PartOutcome:
