@@ -8,8 +8,8 @@ the one policy function (a route without a rule is for admins only), and leaves 
 site a store goes to).
 
 `AuditMiddleware` writes one audit record per request that reached a route
-(success or failure, with its status code); refusals and failed logins are
-recorded by `guard` itself, once.
+(success or failure, with its status code), unless the route wrote it itself
+(`record_request`); refusals and failed logins are recorded by `guard` itself, once.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ __all__ = [
     "classify",
     "guard",
     "record_request",
-    "request_event",
     "route_path",
 ]
 
@@ -287,13 +286,13 @@ class AuditMiddleware:
             await self._record(scope, status)
 
     async def _record(self, scope: Scope, status: int) -> None:
-        event = request_event(scope, status)
+        event = _request_event(scope, status)
         if event is not None:
             archive: Archive = scope["app"].state.archive
             await in_thread(archive.auditor.record, event)
 
 
-def request_event(scope: Scope, status: int) -> AuditEvent | None:
+def _request_event(scope: Scope, status: int) -> AuditEvent | None:
     """The audit record of a request a route served with `status`; None when there is
     none to write (a public route, or one already audited)."""
     state = scope.get("state") or {}
@@ -318,7 +317,7 @@ def record_request(scope: Scope, status: int) -> None:
     A route may call it itself, from the worker thread its own work runs on, when it
     knows its status there (STOW-RS of one part): one thread hop fewer per request,
     and `AuditMiddleware` then finds the request audited."""
-    event = request_event(scope, status)
+    event = _request_event(scope, status)
     if event is None:
         return
     archive: Archive = scope["app"].state.archive
