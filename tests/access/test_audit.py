@@ -219,6 +219,31 @@ def test_records_appended_at_once_from_many_threads_form_one_unbroken_chain(
     assert (checked, problems) == (before + 200, [])
 
 
+def test_records_with_text_that_looks_like_their_own_fields_verify(archive: Archive) -> None:
+    """The sequence number is spliced into the hashed text at the right place (on
+    PostgreSQL the hash is computed by the server), whatever the detail holds."""
+    append(archive.db, _event("first", 0))  # the chain's head exists: appends stand alone
+    tricky = AuditEvent(
+        actor="Zoë Müller ✓",
+        actor_kind="user",
+        door="dicomweb",
+        action=AuditAction.QUERY,
+        outcome=AuditOutcome.SUCCESS,
+        patient_id='P"seq":0',
+        study_uid="1.2.3",
+        detail={"seq": 0, "query": '"seq":0,"x":1', "nested": {"seq": [1, 2]}, "n": "\n\u0000"},
+    )
+    rows = [append(archive.db, tricky) for _ in range(3)]
+    assert [r["seq"] for r in rows] == [rows[0]["seq"], rows[0]["seq"] + 1, rows[0]["seq"] + 2]
+    assert rows[1]["prev_hash"] == rows[0]["hash"]
+    checked, problems = verify(archive.db)
+    assert problems == []
+    assert checked >= 4
+    [stored] = [r for r in search(archive.db, actor="Zoë Müller ✓") if r["seq"] == rows[2]["seq"]]
+    assert stored["hash"] == rows[2]["hash"]
+    assert stored["detail"] == tricky.detail
+
+
 def _event(actor: str, n: int) -> AuditEvent:
     return AuditEvent(
         actor=actor,
