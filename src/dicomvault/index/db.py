@@ -113,7 +113,9 @@ class Database:
     @contextmanager
     def raw_read(self) -> Iterator[Any]:
         """The driver's own connection of a pooled one, for reads outside any transaction
-        (no SQLAlchemy `Connection` around it: see `index.prepared`)."""
+        (no SQLAlchemy `Connection` around it: see `index.prepared`). On PostgreSQL
+        also for a write that is one statement committed by itself (the audit record);
+        on SQLite writes go through `write`, which holds the write locks."""
         with closing(self.engine.raw_connection()) as raw:
             driver = raw.driver_connection
             assert driver is not None  # a connection just checked out
