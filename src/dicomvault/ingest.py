@@ -1,10 +1,19 @@
-"""The one ingest function: every door (STOW-RS, C-STORE, import, ...) calls `Ingestor.ingest`.
+"""The one ingest function: every door (STOW-RS, C-STORE, import, ...) calls `Ingestor.ingest`,
+or `Ingestor.ingest_many` for several instances that arrive together.
 
 Order (DESIGN principle 2): validate -> write the object (fsync'd, checksummed)
 -> commit the index rows and an `instance.stored` event in one transaction.
 If the commit fails, the new object is deleted; if the process dies between the
 two, the object is an orphan that the reconciler adopts, never an index row
 pointing at nothing.
+
+`ingest` is `ingest_many` of one instance. For several (the parts of one STOW-RS
+request), each is validated, then their objects are written together (one sync on
+disk, puts at once on S3: `ObjectStore.put_many`), then their index rows go in one
+transaction, each in a savepoint so that one refused undoes only itself, with the
+study and series counts and the events written last (`_after`). One thread does it
+all: eight threads ingesting one part each spent 1.2 ms of CPU per small instance
+where one thread doing the whole request spent 0.63 (docs/performance.md).
 
 Idempotent on SOP Instance UID: the same bytes again are a success that writes
 nothing; different bytes follow `Settings.duplicate_policy`.
@@ -19,10 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
+from functools import cache, partial
 from typing import IO, Any
 
 from sqlalchemy import Connection, String, Table, bindparam, func, select, update
@@ -36,13 +46,15 @@ from dicomvault.index.prepared import Prepared
 from dicomvault.index.schema import instances, objects, patients, series, studies
 from dicomvault.index.upsert import insert_ignore
 from dicomvault.model.origin import Origin
-from dicomvault.parsing import Header, Layout, parse_header, read_layout
+from dicomvault.parsing import Header, parse_header, read_layout
 from dicomvault.storage import ObjectStore, new_key
 from dicomvault.storage.base import CHUNK_SIZE, PutResult
 
 __all__ = ["IngestResult", "Ingestor", "Outcome"]
 
 log = logging.getLogger(__name__)
+BATCH = 64  # most instances of `ingest_many` written and indexed together
+_ATTEMPTS = 3  # races lost on one SOP Instance UID before giving up
 
 
 class Outcome(StrEnum):
@@ -120,7 +132,7 @@ _COUNT_STUDY = Prepared(
     update(studies)
     .where(studies.c.id == bindparam("row"))
     .values(
-        num_instances=studies.c.num_instances + 1,
+        num_instances=studies.c.num_instances + bindparam("added"),
         num_series=studies.c.num_series + bindparam("new_series"),
         updated_at=func.now(),
     )
@@ -128,8 +140,33 @@ _COUNT_STUDY = Prepared(
 _COUNT_SERIES = Prepared(
     update(series)
     .where(series.c.id == bindparam("row"))
-    .values(num_instances=series.c.num_instances + 1)
+    .values(num_instances=series.c.num_instances + bindparam("added"))
 )
+
+
+@dataclass(slots=True)
+class _New:
+    """An instance of `ingest_many` on its way in: checked, then written, then indexed."""
+
+    index: int  # its place in the caller's list
+    fp: IO[bytes]
+    header: Header
+    existing: _Existing | None  # what it replaces (policy overwrite or keep-versions)
+    put: PutResult | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexed:
+    """What indexing one instance leaves for the end of its transaction (`_after`)."""
+
+    outcome: Outcome
+    event: str
+    header: Header
+    size: int | None  # in the event's payload
+    provenance: dict[str, Any]
+    study_id: int | None = None  # a new instance of this study and series, to count
+    series_id: int | None = None
+    new_series: bool = False
 
 
 class Ingestor:
@@ -154,6 +191,104 @@ class Ingestor:
         Raises InvalidInstance (nothing stored), StudyMismatch, DuplicateConflict,
         or StorageError / database errors (nothing indexed; retry later).
         """
+        (outcome,) = self.ingest_many([fp], expected_study_uid=expected_study_uid, origin=origin)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def ingest_many(
+        self,
+        files: Sequence[IO[bytes]],
+        *,
+        expected_study_uid: str | None = None,
+        origin: Origin = _API,
+    ) -> list[IngestResult | Exception]:
+        """Store several instances as `ingest` stores each (see the module doc): for each
+        file, in order, its IngestResult or the error `ingest` would have raised."""
+        results: list[IngestResult | Exception | None] = [None] * len(files)
+        lost: Counter[int] = Counter()  # races lost, per file
+        todo = list(range(len(files)))
+        while todo:
+            again: list[int] = []
+            for start in range(0, len(todo), BATCH):
+                batch = todo[start : start + BATCH]
+                again += self._batch(files, batch, results, lost, expected_study_uid, origin)
+            todo = again
+        return [r if r is not None else RuntimeError("not ingested") for r in results]
+
+    def _batch(
+        self,
+        files: Sequence[IO[bytes]],
+        indexes: list[int],
+        results: list[IngestResult | Exception | None],
+        lost: Counter[int],
+        expected_study_uid: str | None,
+        origin: Origin,
+    ) -> list[int]:
+        """Ingest the files at `indexes` together, filling in their `results`; the
+        indexes to decide again: a race lost to another writer of the same SOP Instance
+        UID, or a UID already met in this batch (decided once the first is stored)."""
+        news: list[_New] = []
+        again: list[int] = []
+        uids: set[str] = set()
+        for i in indexes:
+            try:
+                new = self._checked(i, files[i], expected_study_uid, uids)
+            except Exception as exc:  # noqa: BLE001 - this file's outcome
+                results[i] = exc
+                continue
+            if isinstance(new, IngestResult):
+                results[i] = new
+            elif new is None:
+                again.append(i)
+            else:
+                news.append(new)
+        written = self.store.put_many([(new_key(), normalized_chunks(n.fp)) for n in news])
+        stored: list[_New] = []
+        for new, put in zip(news, written, strict=True):
+            if isinstance(put, Exception):
+                results[new.index] = put
+            else:
+                new.put = put
+                stored.append(new)
+        try:
+            # Instances arriving together share one index transaction (on SQLite also
+            # with other threads' instances: see `Database.group_write`).
+            indexed = self.db.write_all(
+                [partial(self._index, new=new, origin=origin) for new in stored], self._after
+            )
+        except BaseException:
+            for new in stored:
+                self._delete(new.put.key)  # type: ignore[union-attr]  # set for every stored
+            raise
+        for new, outcome in zip(stored, indexed, strict=True):
+            assert new.put is not None
+            if isinstance(outcome, Exception):
+                self._delete(new.put.key)  # its index rows were not committed
+                if not isinstance(outcome, _LostRace):
+                    results[new.index] = outcome
+                    continue
+                lost[new.index] += 1  # another writer stored this UID meanwhile
+                if lost[new.index] < _ATTEMPTS:
+                    again.append(new.index)  # decide again against the winner's row
+                else:
+                    results[new.index] = DuplicateConflict(
+                        f"instance {new.header.sop_uid} is being written concurrently"
+                    )
+                continue
+            if outcome.outcome is Outcome.REPLACED and new.existing is not None:
+                self._delete(new.existing.key)
+            results[new.index] = self._result(
+                outcome.outcome, new.header, new.put.size, new.put.sha256
+            )
+        return again
+
+    def _checked(
+        self, index: int, fp: IO[bytes], expected_study_uid: str | None, uids: set[str]
+    ) -> _New | IngestResult | None:
+        """The file validated and compared with what is stored: a `_New` to write, the
+        result of an identical instance already stored, or None for a SOP Instance UID
+        already in `uids` (this batch). Raises what `ingest` would."""
         layout = read_layout(fp)
         header = parse_header(fp, layout)
         if expected_study_uid is not None and header.study_uid != expected_study_uid:
@@ -161,18 +296,23 @@ class Ingestor:
                 f"instance {header.sop_uid} belongs to study {header.study_uid}, "
                 f"not {expected_study_uid}"
             )
-        for _attempt in range(3):
-            existing = self._existing(header.sop_uid)
-            if existing is not None:
-                sha = _sha256(fp)
-                if sha == existing.sha256:
-                    return self._result(Outcome.DUPLICATE, header, layout.size, sha)
-                self._check_replaceable(existing, header)
-            try:
-                return self._store_new(fp, layout, header, existing, origin)
-            except _LostRace:
-                continue  # another writer stored this UID meanwhile: decide again
-        raise DuplicateConflict(f"instance {header.sop_uid} is being written concurrently")
+        if header.sop_uid in uids:
+            return None
+        uids.add(header.sop_uid)
+        existing = self._existing(header.sop_uid)
+        if existing is not None:
+            sha = _sha256(fp)
+            if sha == existing.sha256:
+                return self._result(Outcome.DUPLICATE, header, layout.size, sha)
+            self._check_replaceable(existing, header)
+        return _New(index, fp, header, existing)
+
+    def _delete(self, key: str) -> None:
+        """Delete an object no index row points to (any more)."""
+        try:
+            self.store.delete(key)
+        except Exception:
+            log.warning("could not delete the object %s; an orphan now", key, exc_info=True)
 
     def _result(self, outcome: Outcome, header: Header, size: int, sha: str) -> IngestResult:
         return IngestResult(
@@ -201,36 +341,10 @@ class Ingestor:
         row = _EXISTING.lookup(self.db, {"sop_uid": sop_uid})
         return _Existing(*row) if row else None
 
-    def _store_new(
-        self,
-        fp: IO[bytes],
-        layout: Layout,
-        header: Header,
-        existing: _Existing | None,
-        origin: Origin,
-    ) -> IngestResult:
-        put = self.store.put(new_key(), normalized_chunks(fp))
-        try:
-            # Instances arriving together (the parts of a request, several associations)
-            # share one index transaction on SQLite: see `Database.group_write`.
-            outcome = self.db.group_write(
-                lambda conn: self._index(conn, header, put, existing, origin)
-            )
-        except BaseException:
-            self.store.delete(put.key)
-            raise
-        if outcome is Outcome.REPLACED and existing is not None:
-            self.store.delete(existing.key)
-        return self._result(outcome, header, put.size, put.sha256)
-
-    def _index(
-        self,
-        conn: Connection,
-        header: Header,
-        put: PutResult,
-        existing: _Existing | None,
-        origin: Origin,
-    ) -> Outcome:
+    def _index(self, conn: Connection, new: _New, origin: Origin) -> _Indexed:
+        """The instance's object and instance rows; its counts and event come in `_after`."""
+        header, put, existing = new.header, new.put, new.existing
+        assert put is not None
         object_id = _INSERT_OBJECT.scalar(
             conn,
             {
@@ -244,7 +358,8 @@ class Ingestor:
         )
         provenance = _fit(instances, _provenance(origin))
         if existing is not None:
-            return self._replace(conn, header, object_id, existing, provenance)
+            outcome = self._replace(conn, header, object_id, existing, provenance)
+            return _Indexed(outcome, "instance.updated", header, None, provenance)
 
         study_id, series_id, new_series = self._levels(conn, header, origin)
         try:
@@ -261,13 +376,41 @@ class Ingestor:
                 },
             )
         except IntegrityError as exc:
-            # The whole transaction rolls back and the new object is deleted by the
-            # caller; `ingest` then decides again against the winner's row.
+            # Its savepoint (or transaction) rolls back and the new object is deleted;
+            # `ingest_many` then decides again against the winner's row.
             raise _LostRace from exc
-        _COUNT_STUDY.execute(conn, {"row": study_id, "new_series": 1 if new_series else 0})
-        _COUNT_SERIES.execute(conn, {"row": series_id})
-        self._event(conn, "instance.stored", header, put.size, provenance)
-        return Outcome.STORED
+        return _Indexed(
+            Outcome.STORED,
+            "instance.stored",
+            header,
+            put.size,
+            provenance,
+            study_id,
+            series_id,
+            new_series,
+        )
+
+    def _after(self, conn: Connection, indexed: list[_Indexed]) -> None:
+        """The end of an index transaction: the study and series counts, one update per
+        row in row order, then the events. On PostgreSQL the event log's lock is the last
+        lock a transaction may take (`index.eventlog`), and rows locked in one order by
+        every transaction cannot deadlock on each other."""
+        added_to_series: Counter[int] = Counter()
+        added_to_study: Counter[int] = Counter()
+        new_series: Counter[int] = Counter()
+        for done in indexed:
+            if done.study_id is not None and done.series_id is not None:
+                added_to_series[done.series_id] += 1
+                added_to_study[done.study_id] += 1
+                new_series[done.study_id] += done.new_series
+        for row in sorted(added_to_series):
+            _COUNT_SERIES.execute(conn, {"row": row, "added": added_to_series[row]})
+        for row in sorted(added_to_study):
+            _COUNT_STUDY.execute(
+                conn, {"row": row, "added": added_to_study[row], "new_series": new_series[row]}
+            )
+        for done in indexed:
+            self._event(conn, done.event, done.header, done.size, done.provenance)
 
     def _levels(self, conn: Connection, header: Header, origin: Origin) -> tuple[int, int, bool]:
         """Study and series row ids for the instance, creating rows as needed.

@@ -1,14 +1,14 @@
 """STOW-RS (PS3.18 10.5): store instances sent as multipart/related; type="application/dicom".
 
 The body is spooled part by part (bounded memory) and ingested only once the
-closing boundary has arrived, so a truncated request stores nothing. Each part
-then goes through the one ingest function on a worker thread; a request of one part
-is also audited on that thread (one hop fewer: see `record_request`).
+closing boundary has arrived, so a truncated request stores nothing. The parts then
+go through the one ingest function together (`Ingestor.ingest_many`: their objects
+synced at once, their index rows in one transaction), on one worker thread; a request
+of one part is also audited on that thread (one hop fewer: see `record_request`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -49,7 +49,6 @@ _REFERENCED_SOP_SEQUENCE = "00081199"
 _SOP_CLASS = "00081150"
 _SOP_INSTANCE = "00081155"
 _FAILURE_REASON = "00081197"
-PARALLEL_PARTS = 8  # parts of one request ingested at once
 _SOP_CLASS_TAG = Tag(0x0008, 0x0016)
 _SOP_INSTANCE_TAG = Tag(0x0008, 0x0018)
 
@@ -122,7 +121,7 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
             # One thread hop for the part and the request's audit record, not two.
             body, status = await in_thread(_store_alone, store, parts[0], request.scope)
         else:
-            body, status = _answer(store, await _store_parts(store, parts))
+            body, status = _answer(store, await in_thread(store.parts, parts))
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
     finally:
         close_parts(parts)
@@ -153,19 +152,31 @@ class _Store:
 
     def part(self, number: int, part: Part) -> _PartOutcome:
         """Ingest one part (blocking: on a worker thread); its sequence item."""
-        if part.content_type not in ("", "application/dicom"):
+        return self.parts([part], first=number)[0]
+
+    def parts(self, parts: list[Part], first: int = 1) -> list[_PartOutcome]:
+        """Ingest the parts together (blocking: on a worker thread); their sequence
+        items, in order. `first`: the number of the first part, for messages."""
+        outcomes: list[_PartOutcome | None] = [None] * len(parts)
+        dicom = []
+        for number, part in enumerate(parts, start=first):
+            if part.content_type in ("", "application/dicom"):
+                dicom.append((number, part))
+                continue
             reason = f"part {number} is {part.content_type}, not application/dicom"
-            return _PartOutcome(
+            outcomes[number - first] = _PartOutcome(
                 _Kind.REFUSED, _failure(FailureReason.CANNOT_UNDERSTAND) | _comment(reason)
             )
-        try:
-            result = self.archive.ingestor.ingest(
-                part.file, expected_study_uid=self.study, origin=self.origin
-            )
-        except Exception as exc:  # noqa: BLE001 - one part's failure must not hide others
-            return _failed(number, part, exc)
-        self.stored_studies[result.study_uid] = result.patient_id
-        return _PartOutcome(_Kind.STORED, _reference(self.base, result))
+        ingested = self.archive.ingestor.ingest_many(
+            [part.file for _, part in dicom], expected_study_uid=self.study, origin=self.origin
+        )
+        for (number, part), result in zip(dicom, ingested, strict=True):
+            if isinstance(result, Exception):
+                outcomes[number - first] = _failed(number, part, result)
+            else:
+                self.stored_studies[result.study_uid] = result.patient_id
+                outcomes[number - first] = _PartOutcome(_Kind.STORED, _reference(self.base, result))
+        return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _store_alone(store: _Store, part: Part, scope: Scope) -> tuple[dict[str, Any], int]:
@@ -173,19 +184,6 @@ def _store_alone(store: _Store, part: Part, scope: Scope) -> tuple[dict[str, Any
     body, status = _answer(store, [store.part(1, part)])
     record_request(scope, status)
     return body, status
-
-
-async def _store_parts(store: _Store, parts: list[Part]) -> list[_PartOutcome]:
-    # Parts are ingested several at a time: their object writes (and fsyncs) overlap,
-    # which is most of the gain of a many-instance request; the index stays consistent
-    # because each part is its own ingest. The outcomes keep the parts' order.
-    limit = asyncio.Semaphore(PARALLEL_PARTS)
-
-    async def one(number: int, part: Part) -> _PartOutcome:
-        async with limit:
-            return await in_thread(store.part, number, part)
-
-    return await asyncio.gather(*(one(n, p) for n, p in enumerate(parts, start=1)))
 
 
 def _answer(store: _Store, outcomes: list[_PartOutcome]) -> tuple[dict[str, Any], int]:

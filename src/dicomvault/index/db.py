@@ -34,6 +34,12 @@ transaction starts share it, each in its own savepoint, so one failing undoes on
 itself, and the queue pays for one transaction, one pass through the locks and one
 commit instead of one each. On PostgreSQL each is its own transaction, as before.
 
+`Database.write_all(works, after)` is for many writes from one thread (the parts of one
+STOW-RS request): all in one transaction, each in its own savepoint, and `after` last
+with what they returned. On PostgreSQL that is what lets the event log's lock be taken
+once, at the end, for all of them (`index.eventlog`); on SQLite the transaction is a
+group write's, shared with the writes of other threads.
+
 JSON columns (every instance's header) are written by orjson, compact and UTF-8,
 not by the standard library's encoder: the same values, at a tenth of the cost.
 """
@@ -45,7 +51,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -186,6 +192,54 @@ class Database:
                             done.fail(RuntimeError("the index write was interrupted"))
                         done.done = True
         return pending.result()
+
+    def write_all(
+        self,
+        works: Sequence[Callable[[Connection], T]],
+        after: Callable[[Connection, list[T]], Any],
+    ) -> list[T | Exception]:
+        """Each of `works` in its own savepoint of one transaction, then `after(conn,
+        values)` with the values of those that succeeded, before the commit; for each
+        work, its value or what it raised (its statements undone). Should the transaction
+        fail as a whole (`after` raising, a deadlock, a lost connection), each work is
+        written again alone, with its own `after`."""
+        if not works:
+            return []
+        if len(works) == 1:
+            work = works[0]
+
+            def alone(conn: Connection) -> T:
+                value = work(conn)
+                after(conn, [value])
+                return value
+
+            try:
+                return [self.group_write(alone)]
+            except Exception as exc:  # noqa: BLE001 - the caller's outcome for this work
+                return [exc]
+
+        def together(conn: Connection) -> list[T | Exception]:
+            driver = conn.connection.driver_connection
+            assert driver is not None  # a connection in a transaction
+            outcomes: list[T | Exception] = []
+            for work in works:
+                driver.execute("SAVEPOINT write_all")
+                try:
+                    outcomes.append(work(conn))
+                except Exception as exc:  # noqa: BLE001 - this work's outcome
+                    driver.execute("ROLLBACK TO SAVEPOINT write_all")
+                    outcomes.append(exc)
+                driver.execute("RELEASE SAVEPOINT write_all")
+            after(conn, [o for o in outcomes if not isinstance(o, Exception)])
+            return outcomes
+
+        try:
+            return self.group_write(together)
+        except Exception:  # noqa: BLE001 - each work is tried again alone
+            log.warning(
+                "a transaction of %d index writes failed; writing them one by one", len(works)
+            )
+            return [outcome for work in works for outcome in self.write_all([work], after)]
 
     def _write_group(self, batch: list[_Pending[Any]]) -> bool:
         """The writes of `batch` in one transaction, each in a savepoint; False if the

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +40,7 @@ __all__ = [
     "PutResult",
     "fanout_dirs",
     "new_key",
+    "put_each",
     "read_range_verified",
     "verified",
     "verified_range",
@@ -106,6 +107,13 @@ class ObjectStore(Protocol):
         """Write a new object from `chunks`; FileExistsError if `key` exists."""
         ...
 
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        """Write several new objects (key, chunks), each as `put` would; for each, in
+        order, its PutResult or what its `put` raised. Every object reported written is
+        as durable as after `put` by the time this returns; a store may get there with
+        less work than one `put` after another (one sync for all, or puts at once)."""
+        ...
+
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Stream bytes [start, end) of an object; ObjectNotFound if absent."""
         ...
@@ -137,6 +145,19 @@ def new_key(prefix: str = KEY_PREFIX) -> str:
     """A fresh, unique, never-reused key, in one of the `fanout_dirs` of `prefix`."""
     token = secrets.token_hex(16)
     return f"{prefix}/{token[:_FANOUT_DIGITS]}/{token}.dcm"
+
+
+def put_each(
+    store: ObjectStore, items: Sequence[tuple[str, Iterable[bytes]]]
+) -> list[PutResult | Exception]:
+    """`put_many` as one `put` after another: for stores with nothing to share."""
+    results: list[PutResult | Exception] = []
+    for key, chunks in items:
+        try:
+            results.append(store.put(key, chunks))
+        except Exception as exc:  # noqa: BLE001 - one object's failure is its own entry
+            results.append(exc)
+    return results
 
 
 def fanout_dirs(prefix: str = KEY_PREFIX) -> list[str]:

@@ -38,7 +38,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -102,45 +102,49 @@ class CachedStore:
     # -- the store interface -------------------------------------------------------
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
+        copy = self._copy(key)
+        if copy is None:
+            return self.origin.put(key, chunks)
+        try:
+            result = self.origin.put(key, copy.tee(chunks))
+        except BaseException:
+            copy.discard()  # the put's own error is the one to report
+            raise
+        copy.keep(result.size)
+        return result
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        copies = [self._copy(key) for key, _ in items]
+        teed = [
+            (key, chunks if copy is None else copy.tee(chunks))
+            for (key, chunks), copy in zip(items, copies, strict=True)
+        ]
+        try:
+            results = self.origin.put_many(teed)
+        except BaseException:
+            for copy in copies:
+                if copy is not None:
+                    copy.discard()
+            raise
+        for copy, result in zip(copies, results, strict=True):
+            if copy is not None:
+                if isinstance(result, Exception):
+                    copy.discard()
+                else:
+                    copy.keep(result.size)
+        return results
+
+    def _copy(self, key: str) -> _Copy | None:
+        """A copy of the object `key` to fill as it is stored, or None: not kept."""
         path = self._path(key) if self.on_store else None
         if path is None:
-            return self.origin.put(key, chunks)
+            return None
         try:
             tmp, out = self._open_tmp()
         except OSError as exc:
             log.warning("object cache: cannot write a copy: %s", exc)
-            return self.origin.put(key, chunks)
-        copying = True
-
-        def tee() -> Iterator[bytes]:
-            nonlocal copying
-            for chunk in chunks:
-                if copying:
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:  # a full cache disk must not fail the store
-                        log.warning("object cache: cannot write a copy of %s: %s", key, exc)
-                        copying = False
-                yield chunk
-
-        try:
-            result = self.origin.put(key, tee())
-        except BaseException:
-            with contextlib.suppress(OSError):  # the put's own error is the one to report
-                out.close()
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        try:
-            out.close()
-        except OSError:
-            copying = False
-        if copying:
-            self._admit(tmp, path, result.size)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        return result
+            return None
+        return _Copy(self, key, path, tmp, out)
 
     def iter_bytes(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         path = self._path(key)
@@ -304,3 +308,43 @@ def durable(store: ObjectStore) -> ObjectStore:
     if isinstance(store, EncryptedStore):
         store = store.plain
     return store.origin if isinstance(store, CachedStore) else store
+
+
+class _Copy:
+    """The cache's copy of an object being stored, written as its chunks pass by."""
+
+    def __init__(self, cache: CachedStore, key: str, path: Path, tmp: Path, out: IO[bytes]):
+        self.cache = cache
+        self.key = key
+        self.path = path
+        self.tmp = tmp
+        self.out = out
+        self.copying = True
+
+    def tee(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            if self.copying:
+                try:
+                    self.out.write(chunk)
+                except OSError as exc:  # a full cache disk must not fail the store
+                    log.warning("object cache: cannot write a copy of %s: %s", self.key, exc)
+                    self.copying = False
+            yield chunk
+
+    def keep(self, size: int) -> None:
+        """The object is stored: the copy joins the cache if it was written whole."""
+        try:
+            self.out.close()
+        except OSError:
+            self.copying = False
+        if self.copying:
+            self.cache._admit(self.tmp, self.path, size)
+        else:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.out.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()

@@ -29,7 +29,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +87,21 @@ class EncryptedStore:
     # -- writing -----------------------------------------------------------------------
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
+        plain, sealed = self._sealing(chunks)
+        self.plain.put(key, sealed)
+        return plain.result(key)
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        sealings = [(key, *self._sealing(chunks)) for key, chunks in items]
+        written = self.plain.put_many([(key, sealed) for key, _, sealed in sealings])
+        return [
+            outcome if isinstance(outcome, Exception) else plain.result(key)
+            for (key, plain, _), outcome in zip(sealings, written, strict=True)
+        ]
+
+    def _sealing(self, chunks: Iterable[bytes]) -> tuple[HashingReader, Iterator[bytes]]:
+        """A new data key's encryption of `chunks`, and the reader that hashes the
+        plaintext as the ciphertext is drawn (the digests describe the plaintext)."""
         data_key = AESGCM.generate_key(bit_length=256)
         key_id, wrapped = self.keys.wrap(data_key)
         nonce_prefix = os.urandom(4)
@@ -103,8 +118,7 @@ class EncryptedStore:
         sealed = _seal(
             plain, AESGCM(data_key), hashlib.sha256(header).digest(), nonce_prefix, header
         )
-        self.plain.put(key, sealed)
-        return plain.result(key)
+        return plain, sealed
 
     # -- reading -----------------------------------------------------------------------
 

@@ -17,6 +17,15 @@ cached page is memory the kernel must find and fill, where pages given back are
 reused by the next object at once. On a 2-core virtual machine, storing CT
 instances (525 kB) on four C-STORE associations took 0.8-1.2 ms of system CPU per
 instance with the pages dropped, 1.6-2.1 ms with them kept (docs/performance.md).
+
+Several objects at once (`put_many`, the parts of one STOW-RS request) are written
+and linked without syncs, then made durable together by one `syncfs` of the file
+system, which writes them all out with one cache flush of the disk: two fsyncs per
+object cost 120-280 us of CPU and 280-470 us of waiting per small object here, the
+shared sync 40-50 us and 70-85 us (docs/performance.md). `syncfs` reports the
+write errors of the file system since the descriptor it is given was opened (Linux
+5.8 and later), so that descriptor is opened before the first object is written;
+on older kernels and other systems each object is synced as `put` does.
 """
 
 from __future__ import annotations
@@ -25,13 +34,20 @@ import ctypes
 import errno
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
 
 from dicomvault.errors import ObjectNotFound, StorageError
-from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult, fanout_dirs
+from dicomvault.storage.base import (
+    CHUNK_SIZE,
+    HashingReader,
+    ObjectInfo,
+    PutResult,
+    fanout_dirs,
+    put_each,
+)
 
 __all__ = ["LocalStore", "iter_file"]
 
@@ -43,6 +59,10 @@ _DIR_CACHE = 70_000  # the fan-out directories, and those of keys from older lay
 _HASH_WHILE_WRITING = 8 * CHUNK_SIZE
 # What open(O_TMPFILE) fails with where unnamed files are not supported.
 _NO_UNNAMED_FILES = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+# Unsynced objects from this size on have their writeback started as they are written:
+# a CT slice (525 kB) then waited 300 us for the shared sync instead of 470, where a
+# small one (9 kB) cost 77 us of CPU instead of 40 (docs/performance.md).
+_EARLY_WRITEBACK = 64 * 1024
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages
 
 
@@ -59,7 +79,23 @@ def _writeback_starter() -> Callable[[int], object] | None:
     return lambda fd: function(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+def _file_system_syncer() -> Callable[[int], int] | None:
+    """`syncfs(fd)` from the C library where it reports write errors (Linux 5.8 and
+    later; see the module doc), else None. The ctypes call runs without the GIL."""
+    try:
+        release = tuple(int(n) for n in os.uname().release.split(".")[:2])
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, ValueError):
+        return None
+    if os.uname().sysname != "Linux" or release < (5, 8):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
 _start_writeback = _writeback_starter()
+_syncfs = _file_system_syncer()
 _FADVISE = getattr(os, "posix_fadvise", None)
 
 
@@ -81,6 +117,42 @@ class LocalStore:
         return self.root / key
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
+        return self._put(key, chunks, sync=True)
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        """The objects written unsynced, then made durable by one `syncfs` (module doc)."""
+        if len(items) < 2 or _syncfs is None:
+            return put_each(self, items)  # for one object, its two fsyncs cost less
+        # Opened first: syncfs reports the write errors since (see the module doc).
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return put_each(self, items)  # each put reports what is wrong
+        try:
+            results: list[PutResult | Exception] = []
+            for key, chunks in items:
+                try:
+                    results.append(self._put(key, chunks, sync=False))
+                except Exception as exc:  # noqa: BLE001 - one object's failure is its own
+                    results.append(exc)
+            written = [r.key for r in results if isinstance(r, PutResult)]
+            if written and _syncfs(root) != 0:
+                failure = StorageError(
+                    f"cannot make {len(written)} new objects durable: "
+                    f"{os.strerror(ctypes.get_errno())}"
+                )
+                for key in written:
+                    with suppress(OSError):
+                        self.delete(key)
+                return [failure if isinstance(r, PutResult) else r for r in results]
+        finally:
+            os.close(root)
+        for key in written:
+            _drop_cached_path(self.root / key)
+        return results
+
+    def _put(self, key: str, chunks: Iterable[bytes], *, sync: bool) -> PutResult:
+        """Write a new object; `sync` False: without its fsyncs (`put_many` syncs)."""
         final = self._path(key)
         reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_WRITING)
         try:
@@ -88,9 +160,10 @@ class LocalStore:
                 self.prepare()
             directory = self._open_dir(final.parent)
             try:
-                if not (self._unnamed and self._put_unnamed(directory, final.name, reader)):
-                    self._put_named(directory, final.name, reader)
-                os.fsync(directory)  # the new name survives a power cut
+                if not (self._unnamed and self._put_unnamed(directory, final.name, reader, sync)):
+                    self._put_named(directory, final.name, reader, sync)
+                if sync:
+                    os.fsync(directory)  # the new name survives a power cut
             finally:
                 os.close(directory)
         except FileExistsError:
@@ -109,7 +182,7 @@ class LocalStore:
             self._ensure_dir(path)
             return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
-    def _put_unnamed(self, directory: int, name: str, reader: HashingReader) -> bool:
+    def _put_unnamed(self, directory: int, name: str, reader: HashingReader, sync: bool) -> bool:
         """Write and sync an unnamed file in `directory`, then link it as `name`; False
         (nothing written) when the file system has no unnamed files."""
         try:
@@ -120,18 +193,18 @@ class LocalStore:
             self._unnamed = False
             return False
         with open(fd, "wb") as out:
-            _write_synced(out, reader)
+            _write(out, reader, sync)
             # The /proc path names the open file; following it links the file itself.
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory, follow_symlinks=True)
         return True
 
-    def _put_named(self, directory: int, name: str, reader: HashingReader) -> None:
+    def _put_named(self, directory: int, name: str, reader: HashingReader, sync: bool) -> None:
         """Write and sync a named temporary file under `.tmp/`, link it as `name`, and
         remove the temporary name (also when anything failed)."""
         tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         try:
             with open(tmp, "xb") as out:
-                _write_synced(out, reader)
+                _write(out, reader, sync)
             os.link(tmp, name, dst_dir_fd=directory)
         finally:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
@@ -224,22 +297,24 @@ def iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
             yield chunk
 
 
-def _write_synced(out: BinaryIO, reader: HashingReader) -> None:
-    """Write every chunk of `reader` to `out` and sync it. The chunks still to hash
-    (`lag_bytes`) are hashed while the disk writes: the writeback is started first
+def _write(out: BinaryIO, reader: HashingReader, sync: bool) -> None:
+    """Write every chunk of `reader` to `out` and (`sync`) sync it. The chunks still to
+    hash (`lag_bytes`) are hashed while the disk writes: the writeback is started first
     (`sync_file_range`, a hint: `fsync` is what makes the object durable), so the hashing
     and the disk overlap without handing the fsync to another thread. Such a hand-off
     cost two thread wake-ups per object; with four C-STORE associations on two
     processes the server spent 5.4-6.8 ms of CPU per CT instance with it, 4.3-5.1
-    without (docs/performance.md)."""
+    without (docs/performance.md). Unsynced (`put_many`), the writeback is started
+    only for a large object: a small one's costs more CPU than the shared sync saves."""
     for chunk in reader:
         out.write(chunk)
     out.flush()
-    if _start_writeback is not None:
+    if _start_writeback is not None and (sync or reader.size >= _EARLY_WRITEBACK):
         _start_writeback(out.fileno())
     reader.finish()
-    os.fsync(out.fileno())
-    _drop_cached(out.fileno())
+    if sync:
+        os.fsync(out.fileno())
+        _drop_cached(out.fileno())
 
 
 def _drop_cached(fd: int) -> None:
@@ -249,6 +324,16 @@ def _drop_cached(fd: int) -> None:
     if _FADVISE is not None:
         with suppress(OSError):
             _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _drop_cached_path(path: Path) -> None:
+    """`_drop_cached` for a synced object no longer open."""
+    with suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            _drop_cached(fd)
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from dicomvault.errors import ObjectNotFound
-from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult
+from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult, put_each
 
 __all__ = ["MemoryStore"]
 
@@ -25,6 +25,9 @@ class MemoryStore:
                 raise FileExistsError(key)
             self._objects[key] = data
         return reader.result(key)
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        return put_each(self, items)
 
     def _get(self, key: str) -> bytes:
         try:

@@ -10,6 +10,10 @@ whatever the object's size:
   conditional create buffers the whole object in memory first). Any failure, a key
   that exists included, aborts the upload so no parts are left behind.
 
+Several objects at once (`put_many`, the parts of one STOW-RS request) are put up to
+`_PUTS_AT_ONCE` at a time on the store's own threads: each PUT mostly waits on the
+network, and obstore waits without the GIL.
+
 Reads stream through obstore in chunks.
 """
 
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -28,12 +34,13 @@ from obstore.store import S3Store as _ObstoreS3
 
 from dicomvault.errors import ObjectNotFound, StorageError
 from dicomvault.storage import aws
-from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult
+from dicomvault.storage.base import CHUNK_SIZE, HashingReader, ObjectInfo, PutResult, put_each
 
 __all__ = ["S3Store"]
 
 _PART_SIZE = 8 * 1024 * 1024  # S3's minimum part is 5 MiB (all but the last)
 _IN_FLIGHT = 3  # parts uploaded at once: bandwidth on real S3, bounded memory
+_PUTS_AT_ONCE = 8  # objects of one `put_many` uploaded at once
 
 
 def _parts(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
@@ -70,6 +77,8 @@ class S3Store:
             "secret_access_key": secret_access_key,
         }
         self._s3: Any = None  # boto3 client for multipart uploads, made on first use
+        self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool) of put_many
+        self._pool_lock = threading.Lock()
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         config: dict[str, Any] = {"region": region}
         if endpoint_url:
@@ -104,6 +113,28 @@ class S3Store:
         else:
             self._multipart(key, itertools.chain((first, second), parts))
         return reader.result(key)
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        if len(items) < 2:
+            return put_each(self, items)
+        pool = self._puts()
+
+        def put(item: tuple[str, Iterable[bytes]]) -> PutResult | Exception:
+            try:
+                return self.put(*item)
+            except Exception as exc:  # noqa: BLE001 - one object's failure is its own entry
+                return exc
+
+        return list(pool.map(put, items))
+
+    def _puts(self) -> ThreadPoolExecutor:
+        """The threads of `put_many`, made on first use in each process (a forked child
+        has none of its parent's threads)."""
+        with self._pool_lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                pool = ThreadPoolExecutor(_PUTS_AT_ONCE, thread_name_prefix="s3-put")
+                self._pool = (os.getpid(), pool)
+            return self._pool[1]
 
     def _multipart(self, key: str, parts: Iterator[bytes]) -> None:
         """Upload `parts` as one object, created only if `key` does not exist."""
