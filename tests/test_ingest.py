@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from dicomvault import ingest
 from dicomvault.archive import Archive
 from dicomvault.config import DuplicatePolicy, Settings
 from dicomvault.errors import DuplicateConflict, StudyMismatch
@@ -263,3 +264,82 @@ def test_many_instances_arriving_together_are_all_indexed(archive: Archive) -> N
         ).scalar_one()
     assert sorted(tuple(c) for c in counts) == [(2, 32)] * 3
     assert stored_events == 96
+
+
+def test_instances_ingested_together_each_get_their_own_outcome(archive: Archive) -> None:
+    # One batch (Ingestor.ingest_many): new instances of two series, a file cut short,
+    # one already stored, a repeat of one of the batch's own (the same bytes, then
+    # other bytes under the same UID), and one naming another study for a series the
+    # batch creates. Each gets what `ingest` alone would give; nothing of the refused.
+    study = uid("together/st")
+
+    def one(n: str, series: str, *, study_uid: str = study, **kwargs: Any) -> bytes:
+        return instance_bytes(
+            study_uid=study_uid, series_uid=uid(f"together/{series}"), sop_uid=uid(n), **kwargs
+        )
+
+    first, second = one("tg/1", "se1"), one("tg/2", "se2")
+    stored = one("tg/0", "se1")
+    archive.ingestor.ingest(BytesIO(stored))
+    files = [
+        first,
+        second,
+        first[: len(first) // 2],
+        stored,
+        first,
+        one("tg/2", "se2", patient_name="OTHER^NAME"),
+        one("tg/3", "se1", study_uid=uid("together/elsewhere")),
+    ]
+    results = archive.ingestor.ingest_many([BytesIO(f) for f in files])
+    kinds = [r.outcome if not isinstance(r, Exception) else type(r).__name__ for r in results]
+    assert kinds == [
+        Outcome.STORED,
+        Outcome.STORED,
+        "InvalidInstance",
+        Outcome.DUPLICATE,
+        Outcome.DUPLICATE,
+        "DuplicateConflict",
+        "StudyMismatch",
+    ]
+    assert _count(archive, instances) == _count(archive, objects) == 3
+    assert len(list(archive.store.list())) == 3
+    with archive.db.read() as conn:
+        counts = conn.execute(select(studies.c.num_series, studies.c.num_instances)).one()
+        sops = conn.execute(select(events.c.sop_uid).order_by(events.c.seq)).scalars().all()
+    assert tuple(counts) == (2, 3)
+    assert sops == [uid("tg/0"), uid("tg/1"), uid("tg/2")]
+
+
+def test_a_batch_over_one_transaction_is_ingested_in_several(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "BATCH", 4)
+    files = [
+        instance_bytes(
+            study_uid=uid(f"many/st{n % 2}"),
+            series_uid=uid(f"many/se{n % 2}"),
+            sop_uid=uid(f"many/i{n}"),
+        )
+        for n in range(10)
+    ]
+    results = archive.ingestor.ingest_many([BytesIO(f) for f in files])
+    assert [r.outcome for r in results if not isinstance(r, Exception)] == [Outcome.STORED] * 10
+    with archive.db.read() as conn:
+        counts = conn.execute(
+            select(studies.c.num_series, studies.c.num_instances).order_by(studies.c.id)
+        ).all()
+    assert [tuple(c) for c in counts] == [(1, 5), (1, 5)]
+
+
+def test_a_batch_whose_index_cannot_be_written_keeps_no_object(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("the index is unwritable")
+
+    monkeypatch.setattr(Ingestor, "_after", broken)
+    files = [_one(f"unwritten/{n}") for n in range(3)]
+    results = archive.ingestor.ingest_many([BytesIO(f) for f in files])
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert _count(archive, instances) == _count(archive, objects) == 0
+    assert list(archive.store.list()) == []

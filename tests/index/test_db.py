@@ -11,13 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import IntegrityError
 
+from dicomvault.archive import Archive
 from dicomvault.index.db import Database
 
 
@@ -255,3 +256,60 @@ def test_a_process_writes_through_one_connection_and_a_forked_child_through_its_
     with db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM t WHERE n IN (50, 10)")).scalar() == 2
     db.dispose()
+
+
+@pytest.fixture
+def all_table(archive: Archive) -> Iterator[Database]:
+    """The archive's index with a scratch table `written_all` (both backends)."""
+    db = archive.db
+    with db.write() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS written_all"))
+        conn.execute(text("CREATE TABLE written_all (n INTEGER PRIMARY KEY)"))
+    yield db
+    with db.write() as conn:
+        conn.execute(text("DROP TABLE written_all"))
+
+
+def _add(n: int, *, twice: bool = False) -> Callable[[Connection], int]:
+    def work(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO written_all VALUES (:n)"), {"n": n})
+        if twice:
+            conn.execute(text("INSERT INTO written_all VALUES (:n)"), {"n": n})
+        return n
+
+    return work
+
+
+def _note(conn: Connection, values: list[int]) -> None:
+    """`after`: what it was given, as rows n + 100."""
+    for n in values:
+        conn.execute(text("INSERT INTO written_all VALUES (:n)"), {"n": n + 100})
+
+
+def _rows(db: Database) -> list[int]:
+    with db.read() as conn:
+        return list(conn.execute(text("SELECT n FROM written_all ORDER BY n")).scalars())
+
+
+def test_write_all_undoes_only_the_work_that_fails_and_after_sees_the_others(
+    all_table: Database,
+) -> None:
+    outcomes = all_table.write_all([_add(1), _add(2, twice=True), _add(3)], _note)
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], IntegrityError)
+    assert outcomes[2] == 3
+    assert _rows(all_table) == [1, 3, 101, 103]
+
+
+def test_write_all_failing_as_a_whole_writes_each_work_alone(all_table: Database) -> None:
+    def after(conn: Connection, values: list[int]) -> None:
+        if len(values) > 1:
+            raise RuntimeError("a deadlock, say")
+        _note(conn, values)
+
+    assert all_table.write_all([_add(1), _add(2)], after) == [1, 2]
+    assert _rows(all_table) == [1, 2, 101, 102]
+    (failed,) = all_table.write_all([_add(3, twice=True)], _note)
+    assert isinstance(failed, IntegrityError)
+    assert _rows(all_table) == [1, 2, 101, 102]
+    assert all_table.write_all([], _note) == []

@@ -89,6 +89,38 @@ def test_put_reports_size_and_sha256_and_reads_back(store: ObjectStore) -> None:
     assert store.size(key) == len(data)
 
 
+def test_put_many_writes_each_object_and_reports_each_failure(store: ObjectStore) -> None:
+    taken = new_key()
+    store.put(taken, [b"already here"])
+    bodies = [secrets.token_bytes(size) for size in (9_000, 1, 600_000)]
+    keys = [new_key() for _ in bodies]
+    items = [(keys[0], [bodies[0]]), (taken, [b"must not replace"]), (keys[1], [bodies[1]])]
+    items.append((keys[2], [bodies[2][:100_000], bodies[2][100_000:]]))
+    results = store.put_many(items)
+    assert isinstance(results[1], FileExistsError)
+    written = [results[0], results[2], results[3]]
+    for key, body, result in zip(keys, bodies, written, strict=True):
+        assert not isinstance(result, Exception)
+        assert (result.key, result.size) == (key, len(body))
+        assert result.sha256 == hashlib.sha256(body).hexdigest()
+        assert read_range_verified(store, key, 0, len(body), result.blocks) == body
+    assert b"".join(store.iter_bytes(taken)) == b"already here"
+    assert store.put_many([]) == []
+
+
+def test_put_many_keeps_no_object_of_a_stream_that_fails(store: ObjectStore) -> None:
+    def failing() -> Iterator[bytes]:
+        yield b"half"
+        raise OSError("the client went away")
+
+    good, bad = new_key(), new_key()
+    results = store.put_many([(bad, failing()), (good, [b"whole"])])
+    assert isinstance(results[0], (OSError, StorageError))
+    with pytest.raises(ObjectNotFound):
+        store.size(bad)
+    assert b"".join(store.iter_bytes(good)) == b"whole"
+
+
 def test_ranged_reads(store: ObjectStore) -> None:
     data = bytes(range(256)) * 100
     key = new_key()
@@ -365,6 +397,60 @@ def test_local_store_starts_the_writeback_then_hashes_and_syncs_in_the_putting_t
     assert b"".join(store.iter_bytes(second.key)) == data
 
 
+@pytest.mark.fanout  # made beforehand: a new directory is made durable by its own fsync
+@pytest.mark.skipif(local._syncfs is None, reason="no syncfs reporting errors here")
+def test_local_put_many_syncs_the_file_system_once_not_each_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several objects are made durable by one syncfs, not two fsyncs each
+    (storage/local.py); their pages are given back once synced, as after `put`."""
+    syncfs, fsync = local._syncfs, os.fsync
+    calls: list[str] = []
+
+    def counted_syncfs(fd: int) -> int:
+        calls.append("syncfs")
+        return syncfs(fd)
+
+    def counted_fsync(fd: int) -> None:
+        calls.append("fsync")
+        fsync(fd)
+
+    store = LocalStore(tmp_path / "objects")
+    store.prepare()
+    monkeypatch.setattr(local, "_syncfs", counted_syncfs)
+    monkeypatch.setattr(os, "fsync", counted_fsync)
+    bodies = [secrets.token_bytes(16 * mmap.PAGESIZE) for _ in range(5)]
+    results = store.put_many([(new_key(), [body]) for body in bodies])
+    assert calls == ["syncfs"]
+    drops = hasattr(os, "posix_fadvise") and _pages_can_be_given_back(tmp_path)
+    for body, result in zip(bodies, results, strict=True):
+        assert not isinstance(result, Exception)
+        if drops:
+            assert _cached_pages(tmp_path / "objects" / result.key) == 0
+        assert b"".join(store.iter_bytes(result.key)) == body
+    calls.clear()
+    store.put_many([(new_key(), [b"alone"])])  # one object: its own two fsyncs cost less
+    assert calls == ["fsync", "fsync"]
+
+
+@pytest.mark.skipif(local._syncfs is None, reason="no syncfs reporting errors here")
+def test_local_put_many_whose_sync_fails_keeps_none_of_its_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_syncfs(_fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    store = LocalStore(tmp_path / "objects")
+    before = store.put(new_key(), [b"kept"])
+    monkeypatch.setattr(local, "_syncfs", failing_syncfs)
+    results = store.put_many([(new_key(), [b"one"]), (new_key(), [b"two"])])
+    assert all(isinstance(r, StorageError) for r in results)
+    assert "durable" in str(results[0])
+    assert os.strerror(errno.EIO) in str(results[0])
+    assert [info.key for info in store.list("instances/")] == [before.key]
+
+
 def test_local_store_recreates_a_directory_removed_behind_its_back(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "objects")
     first = "instances/ab/cd/first.dcm"
@@ -425,6 +511,19 @@ def _cached_pages(path: Path) -> int:
     return sum(byte & 1 for byte in vector)
 
 
+def _pages_can_be_given_back(directory: Path) -> bool:
+    """Whether this file system drops a synced file's pages when advised to: the probe
+    sees cached pages where there are some, and none once they are given back."""
+    plain = directory / "plain"
+    with open(plain, "wb") as handle:
+        handle.write(secrets.token_bytes(64 * mmap.PAGESIZE))
+        handle.flush()
+        os.fsync(handle.fileno())
+        assert _cached_pages(plain) == 64
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return _cached_pages(plain) == 0
+
+
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
 @pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
 def test_local_store_leaves_no_page_of_a_written_object_in_the_page_cache(
@@ -434,14 +533,7 @@ def test_local_store_leaves_no_page_of_a_written_object_in_the_page_cache(
     brings them back. A file written beside it shows that the probe sees cached pages
     where there are some, and that this file system can give them back."""
     data = secrets.token_bytes(64 * mmap.PAGESIZE)
-    plain = tmp_path / "plain"
-    with open(plain, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-        assert _cached_pages(plain) == 64
-        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    if _cached_pages(plain):
+    if not _pages_can_be_given_back(tmp_path):
         pytest.skip("this file system keeps every page in memory (tmpfs)")
     store = _local(tmp_path / "objects", unnamed)
     put = store.put(new_key(), [data[: len(data) // 2], data[len(data) // 2 :]])
