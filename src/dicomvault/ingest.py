@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache, partial
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sqlalchemy import Connection, String, Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -152,7 +152,6 @@ class _New:
     fp: IO[bytes]
     header: Header
     existing: _Existing | None  # what it replaces (policy overwrite or keep-versions)
-    put: PutResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +213,8 @@ class Ingestor:
                 batch = todo[start : start + BATCH]
                 again += self._batch(files, batch, results, lost, expected_study_uid, origin)
             todo = again
-        return [r if r is not None else RuntimeError("not ingested") for r in results]
+        assert all(r is not None for r in results)  # each decided, or decided again
+        return cast("list[IngestResult | Exception]", results)
 
     def _batch(
         self,
@@ -244,27 +244,26 @@ class Ingestor:
             else:
                 news.append(new)
         written = self.store.put_many([(new_key(), normalized_chunks(n.fp)) for n in news])
-        stored: list[_New] = []
+        stored: list[tuple[_New, PutResult]] = []
         for new, put in zip(news, written, strict=True):
             if isinstance(put, Exception):
                 results[new.index] = put
             else:
-                new.put = put
-                stored.append(new)
+                stored.append((new, put))
         try:
             # Instances arriving together share one index transaction (on SQLite also
             # with other threads' instances: see `Database.group_write`).
             indexed = self.db.write_all(
-                [partial(self._index, new=new, origin=origin) for new in stored], self._after
+                [partial(self._index, new=new, put=put, origin=origin) for new, put in stored],
+                self._after,
             )
         except BaseException:
-            for new in stored:
-                self._delete(new.put.key)  # type: ignore[union-attr]  # set for every stored
+            for _, put in stored:
+                self._delete(put.key)
             raise
-        for new, outcome in zip(stored, indexed, strict=True):
-            assert new.put is not None
+        for (new, put), outcome in zip(stored, indexed, strict=True):
             if isinstance(outcome, Exception):
-                self._delete(new.put.key)  # its index rows were not committed
+                self._delete(put.key)  # its index rows were not committed
                 if not isinstance(outcome, _LostRace):
                     results[new.index] = outcome
                     continue
@@ -278,9 +277,7 @@ class Ingestor:
                 continue
             if outcome.outcome is Outcome.REPLACED and new.existing is not None:
                 self._delete(new.existing.key)
-            results[new.index] = self._result(
-                outcome.outcome, new.header, new.put.size, new.put.sha256
-            )
+            results[new.index] = self._result(outcome.outcome, new.header, put.size, put.sha256)
         return again
 
     def _checked(
@@ -341,10 +338,9 @@ class Ingestor:
         row = _EXISTING.lookup(self.db, {"sop_uid": sop_uid})
         return _Existing(*row) if row else None
 
-    def _index(self, conn: Connection, new: _New, origin: Origin) -> _Indexed:
+    def _index(self, conn: Connection, new: _New, put: PutResult, origin: Origin) -> _Indexed:
         """The instance's object and instance rows; its counts and event come in `_after`."""
-        header, put, existing = new.header, new.put, new.existing
-        assert put is not None
+        header, existing = new.header, new.existing
         object_id = _INSERT_OBJECT.scalar(
             conn,
             {
