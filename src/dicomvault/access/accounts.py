@@ -14,6 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from sqlalchemy import Connection, false, select, update
 
@@ -45,9 +46,14 @@ TOKEN_PREFIX = "dvt_"  # noqa: S105 -- a public prefix, not a secret
 _TOKEN = re.compile(r"dvt_([0-9]+)_([A-Za-z0-9_-]{20,})")
 _SITE_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
-# Checked against when the user does not exist, so that a wrong name costs the same
-# time as a wrong password and does not reveal which names exist.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+@cache
+def _dummy_hash() -> str:
+    """Checked against when the user does not exist, so that a wrong name costs the same
+    time as a wrong password and does not reveal which names exist. Made on first use,
+    not at import: a hash costs about 90 ms, which every command would pay."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 class AccountError(DicomVaultError):
@@ -208,7 +214,7 @@ def check_password(
                 users.c.name == name
             )
         ).first()
-    stored = row.password_hash if row is not None and row.password_hash else _DUMMY_HASH
+    stored = row.password_hash if row is not None and row.password_hash else _dummy_hash()
     if not verify_password(stored, password):
         return None
     if row is None or row.disabled or not row.password_hash:
