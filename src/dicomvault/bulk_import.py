@@ -1,5 +1,10 @@
 """Bulk import: find DICOM files in folders and zip archives and ingest them.
 
+Files are ingested in batches (`import_batch`): the files of a batch go through
+`Ingestor.ingest_many` together, so their objects are made durable at once and their
+index rows share a transaction, as the parts of one STOW-RS request do. A bad file
+is still reported on its own and never stops its batch.
+
 Zip members are copied into temporary files of our own naming and never
 extracted by their stored names, so a member called `../../etc/passwd` cannot
 write anywhere (no zip-slip by construction). Member sizes are capped and
@@ -14,20 +19,25 @@ from __future__ import annotations
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import IO
 
 from dicomvault.errors import DicomVaultError, DuplicateConflict, InvalidInstance
-from dicomvault.ingest import Ingestor, Outcome
+from dicomvault.ingest import Ingestor, IngestResult, Outcome
 from dicomvault.model.origin import Door, Origin
 
-__all__ = ["ImportStatus", "Source", "find_sources", "import_source"]
+__all__ = ["ImportStatus", "Source", "batches", "find_sources", "import_batch"]
 
 MAX_COMPRESSION_RATIO = 1000
+# A batch holds at most this many files and, past its first file, this many bytes: small
+# files share a sync and a transaction by the dozen, while the files a worker holds open
+# (and, for zip members, spools) stay few.
+BATCH_FILES = 32
+BATCH_BYTES = 64 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
 # What zipfile raises for damaged archives and members it cannot read.
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError)
@@ -138,20 +148,62 @@ def _is_part10(fp: IO[bytes]) -> bool:
 _IMPORT = Origin(Door.IMPORT)
 
 
-def import_source(ingestor: Ingestor, source: Source) -> ImportResult:
-    """Ingest one source; never raises for bad files, only reports."""
-    try:
-        with source.open() as fp:
-            if not _is_part10(fp):
-                return ImportResult(source.label, ImportStatus.NOT_DICOM, "no DICM prefix")
-            result = ingestor.ingest(fp, origin=_IMPORT)
-    except InvalidInstance as exc:
-        return ImportResult(source.label, ImportStatus.INVALID, str(exc))
-    except DuplicateConflict as exc:
-        return ImportResult(source.label, ImportStatus.CONFLICT, str(exc))
-    except (DicomVaultError, OSError) as exc:
-        return ImportResult(source.label, ImportStatus.FAILED, str(exc))
+def batches(sources: Sequence[Source]) -> Iterator[list[Source]]:
+    """`sources` in order, cut into batches of at most BATCH_FILES files and (unless a
+    single file is larger) BATCH_BYTES bytes."""
+    batch: list[Source] = []
+    size = 0
+    for source in sources:
+        if batch and (len(batch) == BATCH_FILES or size + source.size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(source)
+        size += source.size
+    if batch:
+        yield batch
+
+
+def import_batch(ingestor: Ingestor, sources: Sequence[Source]) -> list[ImportResult]:
+    """Ingest the sources together (one `Ingestor.ingest_many`); each source's result,
+    in order. Never raises for bad files, only reports."""
+    results: list[ImportResult | None] = [None] * len(sources)
+    with ExitStack() as files:
+        opened: list[tuple[int, IO[bytes]]] = []
+        for i, source in enumerate(sources):
+            try:
+                fp = files.enter_context(source.open())
+                if _is_part10(fp):
+                    opened.append((i, fp))
+                else:
+                    status = ImportStatus.NOT_DICOM
+                    results[i] = ImportResult(source.label, status, "no DICM prefix")
+            except Exception as exc:  # noqa: BLE001 - this source's outcome
+                results[i] = _failed(source, exc)
+        try:
+            outcomes = ingestor.ingest_many([fp for _, fp in opened], origin=_IMPORT)
+        except (DicomVaultError, OSError) as exc:  # the index or store failed the batch
+            outcomes = [exc] * len(opened)
+        for (i, _), outcome in zip(opened, outcomes, strict=True):
+            results[i] = _result(sources[i], outcome)
+    return [result for result in results if result is not None]
+
+
+def _result(source: Source, outcome: IngestResult | Exception) -> ImportResult:
+    if isinstance(outcome, Exception):
+        return _failed(source, outcome)
     status = (
-        ImportStatus.ALREADY_STORED if result.outcome is Outcome.DUPLICATE else ImportStatus.STORED
+        ImportStatus.ALREADY_STORED if outcome.outcome is Outcome.DUPLICATE else ImportStatus.STORED
     )
-    return ImportResult(source.label, status, result.sop_uid, result.size)
+    return ImportResult(source.label, status, outcome.sop_uid, outcome.size)
+
+
+def _failed(source: Source, exc: Exception) -> ImportResult:
+    """What a source that could not be stored is reported as."""
+    if isinstance(exc, InvalidInstance):
+        return ImportResult(source.label, ImportStatus.INVALID, str(exc))
+    if isinstance(exc, DuplicateConflict):
+        return ImportResult(source.label, ImportStatus.CONFLICT, str(exc))
+    if isinstance(exc, DicomVaultError | OSError):
+        return ImportResult(source.label, ImportStatus.FAILED, str(exc))
+    # Not a property of the file but a fault of ours: reported, and the import goes on.
+    return ImportResult(source.label, ImportStatus.FAILED, f"{type(exc).__name__}: {exc}")

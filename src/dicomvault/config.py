@@ -97,7 +97,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed to call DICOMweb from a browser."
     )
-    import_workers: int = Field(default=4, ge=1, le=64, description="Parallel bulk imports.")
+    import_workers: int = Field(
+        default=4, ge=1, le=64, description="Batches of files `dicomvault import` ingests at once."
+    )
     public_url: str | None = Field(
         default=None,
         description="The archive's base URL as clients reach it (e.g. behind a reverse proxy: "

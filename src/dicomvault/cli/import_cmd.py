@@ -1,4 +1,4 @@
-"""`dicomvault import`: bulk-load folders and zip files, in parallel, with a progress bar."""
+"""`dicomvault import`: bulk-load folders and zip files in parallel batches, with a progress bar."""
 
 from __future__ import annotations
 
@@ -19,7 +19,13 @@ from rich.progress import (
 from rich.table import Table
 
 from dicomvault.archive import Archive
-from dicomvault.bulk_import import ImportResult, ImportStatus, find_sources, import_source
+from dicomvault.bulk_import import (
+    ImportResult,
+    ImportStatus,
+    batches,
+    find_sources,
+    import_batch,
+)
 from dicomvault.cli.common import ConfigOption, DataDirOption, console, err_console, settings_from
 
 __all__ = ["import_files"]
@@ -32,7 +38,7 @@ def import_files(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-j", help="Parallel ingests.")
+        int | None, typer.Option("--workers", "-j", help="Batches ingested at once.")
     ] = None,
     show_problems: Annotated[int, typer.Option(help="How many problem files to list.")] = 20,
 ) -> None:
@@ -64,12 +70,14 @@ def import_files(
         ):
             task = progress.add_task("import", total=len(sources), gb=0.0)
             done_bytes = 0
-            for result in pool.map(lambda s: import_source(archive.ingestor, s), sources):
-                counts[result.status] += 1
-                if result.status in _PROBLEMS:
-                    problems.append(result)
-                done_bytes += result.size
-                progress.update(task, advance=1, gb=done_bytes / 1e9)
+            done = pool.map(lambda b: import_batch(archive.ingestor, b), batches(sources))
+            for results in done:
+                for result in results:
+                    counts[result.status] += 1
+                    if result.status in _PROBLEMS:
+                        problems.append(result)
+                    done_bytes += result.size
+                progress.update(task, advance=len(results), gb=done_bytes / 1e9)
     finally:
         archive.close()
 
