@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from tests.support.postgres import TempPostgres, find_bin
 
-from benchmarks import data, leftovers, measure
+from benchmarks import bulk, data, leftovers, measure
 from benchmarks.backends import BACKENDS, backend
 from benchmarks.cpu import tree_cpu_s
 from benchmarks.cstore import STORESCU, storescu
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--only",
         nargs="*",
-        choices=["stow", "cstore", "retrieve", "qido", "large", "disk"],
+        choices=["stow", "cstore", "retrieve", "import", "qido", "large", "disk"],
         help="run only these parts",
     )
     return parser
@@ -119,7 +119,14 @@ class _dicomvault(AbstractContextManager[Server]):
 
 
 def _alternating(servers: list[tuple[str, Factory]], round_: int) -> Iterator[tuple[str, Factory]]:
-    yield from (servers if round_ % 2 == 0 else list(reversed(servers)))
+    """The servers in this round's order (who goes first alternates). When one is done,
+    what it left unwritten in the page cache is written out before the next starts:
+    Orthanc does not sync what it stores, and its writeback would otherwise run during
+    the next measurement (and be waited for by a `syncfs`, which writes out every
+    dirty page of the file system)."""
+    for server in servers if round_ % 2 == 0 else list(reversed(servers)):
+        yield server
+        os.sync()
 
 
 STOW_CASES = [  # (set, clients, instances per request)
@@ -170,6 +177,35 @@ def _ingestion_round(
                     _add_cpu(figures, label, name, server, before, result, len(files))
             if round_ == 0 and (not parts or "retrieve" in parts):
                 _retrieval(server, name, work, figures, k)
+
+
+def _import(args: argparse.Namespace, work: data.Workload, figures: Figures) -> None:
+    """Each set loaded from a folder: `dicomvault import`, Orthanc's POST /instances."""
+    servers = dict(_servers(args))
+    for round_ in range(args.rounds or (1 if args.quick else 3)):
+        with leftovers.deferred():
+            for k, kind in ((97, "small"), (98, "ct")):
+                folder = bulk.folder_of([data.variant(f, k) for f in getattr(work, kind)])
+                leftovers.remove(folder)
+                for name, _ in _alternating(list(servers.items()), round_):
+                    if name == "dicomvault":
+                        with backend(args.backend) as used:
+                            result = bulk.dicomvault_import(used.env, folder)
+                    else:
+                        with servers[name]() as server:
+                            root = server.dicomweb.removesuffix("/dicom-web")
+                            result = bulk.orthanc_post(root, folder)
+                    label = f"bulk import {kind}, {bulk.WORKERS} workers"
+                    figures.add(label, name, result["instances_per_s"], "inst/s")
+                    figures.add(label + " MB/s", name, result["mb_per_s"], "MB/s")
+                    if "start_up_s" in result:  # left out of dicomvault's rate
+                        figures.add(
+                            label + ", command start-up",
+                            name,
+                            result["start_up_s"],
+                            "s",
+                            lower_is_better=True,
+                        )
 
 
 def _cpu(server: Server) -> tuple[float, float]:
@@ -367,6 +403,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = data.load(ct=200 if args.quick else 1000, small=1000 if args.quick else 5000)
     if not parts or {"stow", "cstore", "retrieve"} & set(parts):
         _ingestion(args, work, figures)
+    if not parts or "import" in parts:
+        _import(args, work, figures)
     if not parts or "qido" in parts:
         with leftovers.deferred():
             _qido(args, work, figures)

@@ -20,7 +20,7 @@ from benchmarks.data import ROOT, relabel, variant
 from benchmarks.measure import AS_STORED, percentile, wado_study
 from benchmarks.report import Figures, ratio
 
-from benchmarks import leftovers
+from benchmarks import bulk, leftovers
 from dicomvault.archive import Archive
 from dicomvault.synthetic import dataset, study_instances, to_bytes, uid
 
@@ -129,3 +129,31 @@ def test_the_retrieval_reader_counts_every_byte_the_server_sends(
     assert wado_study(url)["bytes"] == len(whole.content) > 4 * 256 * 256 * 2
     with pytest.raises(RuntimeError, match="WADO-RS 404"):
         wado_study(f"{server}/dicom-web/studies/{uid('bench-read/absent')}")
+
+
+def test_the_import_figure_leaves_out_the_commands_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, size in (("a.dcm", 1_000_000), ("b.dcm", 3_000_000)):
+        (folder / name).write_bytes(bytes(size))
+    # The command timed three times: the archive made, start-up alone, the import.
+    times = iter([1.5, 0.8, 2.8])
+    monkeypatch.setattr(bulk, "_timed_import", lambda env, where: next(times))
+    assert bulk.dicomvault_import({}, folder) == pytest.approx(
+        {"instances_per_s": 1.0, "mb_per_s": 2.0, "start_up_s": 0.8}  # 2 files in 2.8 - 0.8 s
+    )
+
+
+def test_the_import_command_is_run_for_real_and_its_failure_is_an_error() -> None:
+    files = list(study_instances("bench-import", per_series=3))
+    folder = bulk.folder_of(files)
+    try:
+        with leftovers.deferred():
+            assert bulk.dicomvault_import({}, folder)["start_up_s"] > 0.1
+            (folder / "cut.dcm").write_bytes(files[0][:300])  # invalid: the command exits 1
+            with pytest.raises(RuntimeError, match="dicomvault import failed"):
+                bulk.dicomvault_import({}, folder)
+    finally:
+        leftovers.remove(folder)
