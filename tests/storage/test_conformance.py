@@ -402,13 +402,16 @@ def test_local_store_starts_the_writeback_then_hashes_and_syncs_in_the_putting_t
 def test_local_put_many_syncs_the_file_system_once_not_each_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Several objects are made durable by one syncfs, not two fsyncs each
-    (storage/local.py); their pages are given back once synced, as after `put`."""
+    """Several objects are made durable by one syncfs, then named, and their names by
+    another, not two fsyncs each (storage/local.py): no name points at data not yet on
+    the disk. Their pages are given back once synced, as after `put`."""
     syncfs, fsync = local._syncfs, os.fsync
     calls: list[str] = []
+    named_at_sync: list[int] = []
 
     def counted_syncfs(fd: int) -> int:
         calls.append("syncfs")
+        named_at_sync.append(len(list(store.list("instances/"))))
         return syncfs(fd)
 
     def counted_fsync(fd: int) -> None:
@@ -421,7 +424,8 @@ def test_local_put_many_syncs_the_file_system_once_not_each_object(
     monkeypatch.setattr(os, "fsync", counted_fsync)
     bodies = [secrets.token_bytes(16 * mmap.PAGESIZE) for _ in range(5)]
     results = store.put_many([(new_key(), [body]) for body in bodies])
-    assert calls == ["syncfs"]
+    assert calls == ["syncfs", "syncfs"]
+    assert named_at_sync == [0, 5]
     drops = hasattr(os, "posix_fadvise") and _pages_can_be_given_back(tmp_path)
     for body, result in zip(bodies, results, strict=True):
         assert not isinstance(result, Exception)
@@ -434,10 +438,18 @@ def test_local_put_many_syncs_the_file_system_once_not_each_object(
 
 
 @pytest.mark.skipif(local._syncfs is None, reason="no syncfs reporting errors here")
+@pytest.mark.parametrize("failing", [1, 2], ids=["the data's sync", "the names' sync"])
 def test_local_put_many_whose_sync_fails_keeps_none_of_its_objects(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
 ) -> None:
-    def failing_syncfs(_fd: int) -> int:
+    syncfs = local._syncfs
+    assert syncfs is not None
+    calls: list[int] = []
+
+    def failing_syncfs(fd: int) -> int:
+        calls.append(fd)
+        if len(calls) < failing:
+            return syncfs(fd)
         ctypes.set_errno(errno.EIO)
         return -1
 
@@ -445,10 +457,23 @@ def test_local_put_many_whose_sync_fails_keeps_none_of_its_objects(
     before = store.put(new_key(), [b"kept"])
     monkeypatch.setattr(local, "_syncfs", failing_syncfs)
     results = store.put_many([(new_key(), [b"one"]), (new_key(), [b"two"])])
+    assert len(calls) == failing
     assert all(isinstance(r, StorageError) for r in results)
     assert "durable" in str(results[0])
     assert os.strerror(errno.EIO) in str(results[0])
     assert [info.key for info in store.list("instances/")] == [before.key]
+
+
+@pytest.mark.skipif(local._syncfs is None, reason="no syncfs reporting errors here")
+def test_local_put_many_without_unnamed_files_leaves_no_temporary_name(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "objects")
+    store._unnamed = False  # as on a file system without O_TMPFILE
+    bodies = [b"one", b"two", b"three"]
+    results = store.put_many([(new_key(), [body]) for body in bodies])
+    for body, result in zip(bodies, results, strict=True):
+        assert not isinstance(result, Exception)
+        assert b"".join(store.iter_bytes(result.key)) == body
+    assert list((tmp_path / "objects" / ".tmp").iterdir()) == []
 
 
 def test_local_store_recreates_a_directory_removed_behind_its_back(tmp_path: Path) -> None:

@@ -18,14 +18,17 @@ reused by the next object at once. On a 2-core virtual machine, storing CT
 instances (525 kB) on four C-STORE associations took 0.8-1.2 ms of system CPU per
 instance with the pages dropped, 1.6-2.1 ms with them kept (docs/performance.md).
 
-Several objects at once (`put_many`, the parts of one STOW-RS request) are written
-and linked without syncs, then made durable together by one `syncfs` of the file
-system, which writes them all out with one cache flush of the disk: two fsyncs per
+Several objects at once (`put_many`, the parts of one STOW-RS request, a batch of
+`dicomvault import`) are written unsynced and still unnamed, made durable together by
+one `syncfs` of the file system, which writes them all out with one cache flush of the
+disk, then named, and their names made durable by a second `syncfs`: two fsyncs per
 object cost 120-280 us of CPU and 280-470 us of waiting per small object here, the
-shared sync 40-50 us and 70-85 us (docs/performance.md). `syncfs` reports the
-write errors of the file system since the descriptor it is given was opened (Linux
-5.8 and later), so that descriptor is opened before the first object is written;
-on older kernels and other systems each object is synced as `put` does.
+shared sync 40-50 us and 70-85 us (docs/performance.md). As with `put`, no name ever
+points at data that is not on the disk: a crash leaves a whole object or none, never
+a partial one for `dicomvault reconcile` to find. `syncfs` reports the write errors of
+the file system since the descriptor it is given was last checked (Linux 5.8 and
+later), so that descriptor is opened before the first object is written; on older
+kernels and other systems each object is synced as `put` does.
 """
 
 from __future__ import annotations
@@ -117,42 +120,6 @@ class LocalStore:
         return self.root / key
 
     def put(self, key: str, chunks: Iterable[bytes]) -> PutResult:
-        return self._put(key, chunks, sync=True)
-
-    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
-        """The objects written unsynced, then made durable by one `syncfs` (module doc)."""
-        if len(items) < 2 or _syncfs is None:
-            return put_each(self, items)  # for one object, its two fsyncs cost less
-        # Opened first: syncfs reports the write errors since (see the module doc).
-        try:
-            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return put_each(self, items)  # each put reports what is wrong
-        try:
-            results: list[PutResult | Exception] = []
-            for key, chunks in items:
-                try:
-                    results.append(self._put(key, chunks, sync=False))
-                except Exception as exc:  # noqa: BLE001 - one object's failure is its own
-                    results.append(exc)
-            written = [r.key for r in results if isinstance(r, PutResult)]
-            if written and _syncfs(root) != 0:
-                failure = StorageError(
-                    f"cannot make {len(written)} new objects durable: "
-                    f"{os.strerror(ctypes.get_errno())}"
-                )
-                for key in written:
-                    with suppress(OSError):
-                        self.delete(key)
-                return [failure if isinstance(r, PutResult) else r for r in results]
-        finally:
-            os.close(root)
-        for key in written:
-            _drop_cached_path(self.root / key)
-        return results
-
-    def _put(self, key: str, chunks: Iterable[bytes], *, sync: bool) -> PutResult:
-        """Write a new object; `sync` False: without its fsyncs (`put_many` syncs)."""
         final = self._path(key)
         reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_WRITING)
         try:
@@ -160,10 +127,9 @@ class LocalStore:
                 self.prepare()
             directory = self._open_dir(final.parent)
             try:
-                if not (self._unnamed and self._put_unnamed(directory, final.name, reader, sync)):
-                    self._put_named(directory, final.name, reader, sync)
-                if sync:
-                    os.fsync(directory)  # the new name survives a power cut
+                if not (self._unnamed and self._put_unnamed(directory, final.name, reader)):
+                    self._put_named(directory, final.name, reader)
+                os.fsync(directory)  # the new name survives a power cut
             finally:
                 os.close(directory)
         except FileExistsError:
@@ -171,6 +137,99 @@ class LocalStore:
         except OSError as exc:  # a full disk, a read-only mount: one error type for callers
             raise StorageError(f"cannot write object {key}: {exc.strerror or exc}") from exc
         return reader.result(key)
+
+    def put_many(self, items: Sequence[tuple[str, Iterable[bytes]]]) -> list[PutResult | Exception]:
+        """The objects written unsynced, synced by one `syncfs`, then named, and the
+        names synced by another (module doc)."""
+        syncfs = _syncfs
+        if len(items) < 2 or syncfs is None:
+            return put_each(self, items)  # for one object, its two fsyncs cost less
+        # Opened first: syncfs reports the write errors since (see the module doc).
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return put_each(self, items)  # each put reports what is wrong
+        outcomes: list[_Unnamed | Exception] = []
+        try:
+            for key, chunks in items:
+                try:
+                    outcomes.append(self._write_unnamed(key, chunks))
+                except Exception as exc:  # noqa: BLE001 - one object's failure is its own
+                    outcomes.append(exc)
+            return self._name_synced(syncfs, root, outcomes)
+        finally:
+            for outcome in outcomes:
+                if isinstance(outcome, _Unnamed):
+                    outcome.close()
+            os.close(root)
+
+    def _name_synced(
+        self, syncfs: Callable[[int], int], root: int, outcomes: list[_Unnamed | Exception]
+    ) -> list[PutResult | Exception]:
+        """Sync the written objects, name them, sync the names: each one's result."""
+        written = [o for o in outcomes if isinstance(o, _Unnamed)]
+        if written and syncfs(root) != 0:
+            failure = _sync_failure(len(written))
+            return [failure if isinstance(o, _Unnamed) else o for o in outcomes]
+        results: list[PutResult | Exception] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                results.append(outcome)
+                continue
+            try:
+                outcome.link(root)
+            except FileExistsError as exc:
+                results.append(exc)
+            except OSError as exc:
+                key = outcome.result.key
+                results.append(StorageError(f"cannot name object {key}: {exc.strerror or exc}"))
+            else:
+                results.append(outcome.result)
+        named = [r.key for r in results if isinstance(r, PutResult)]
+        if named and syncfs(root) != 0:
+            failure = _sync_failure(len(named))
+            for key in named:
+                with suppress(OSError):
+                    self.delete(key)
+            return [failure if isinstance(r, PutResult) else r for r in results]
+        return results
+
+    def _write_unnamed(self, key: str, chunks: Iterable[bytes]) -> _Unnamed:
+        """A new object written, unsynced and without its name yet (`put_many`). Only
+        its file stays open: a batch holds one descriptor per object."""
+        final = self._path(key)
+        reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_WRITING)
+        try:
+            if not self._fanout_ready:
+                self.prepare()
+            directory = self._open_dir(final.parent)
+            try:
+                unnamed = _Unnamed(final, *self._new_file(directory))
+            finally:
+                os.close(directory)
+            try:
+                with open(unnamed.fd, "wb", closefd=False) as out:
+                    _write(out, reader, sync=False)
+                unnamed.result = reader.result(key)
+            except BaseException:
+                unnamed.close()
+                raise
+        except OSError as exc:
+            raise StorageError(f"cannot write object {key}: {exc.strerror or exc}") from exc
+        return unnamed
+
+    def _new_file(self, directory: int) -> tuple[int, Path | None]:
+        """A new empty file to write an object in: unnamed in `directory` where the file
+        system has unnamed files (None for its temporary name), else under `.tmp/`."""
+        if self._unnamed:
+            try:
+                return os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644, dir_fd=directory), None
+            except OSError as exc:
+                if exc.errno not in _NO_UNNAMED_FILES:
+                    raise
+                self._unnamed = False
+        tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
 
     def _open_dir(self, path: Path) -> int:
         """The directory an object goes in, opened (made first if need be)."""
@@ -182,7 +241,7 @@ class LocalStore:
             self._ensure_dir(path)
             return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
 
-    def _put_unnamed(self, directory: int, name: str, reader: HashingReader, sync: bool) -> bool:
+    def _put_unnamed(self, directory: int, name: str, reader: HashingReader) -> bool:
         """Write and sync an unnamed file in `directory`, then link it as `name`; False
         (nothing written) when the file system has no unnamed files."""
         try:
@@ -193,18 +252,18 @@ class LocalStore:
             self._unnamed = False
             return False
         with open(fd, "wb") as out:
-            _write(out, reader, sync)
+            _write(out, reader, sync=True)
             # The /proc path names the open file; following it links the file itself.
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=directory, follow_symlinks=True)
         return True
 
-    def _put_named(self, directory: int, name: str, reader: HashingReader, sync: bool) -> None:
+    def _put_named(self, directory: int, name: str, reader: HashingReader) -> None:
         """Write and sync a named temporary file under `.tmp/`, link it as `name`, and
         remove the temporary name (also when anything failed)."""
         tmp = self.root / _TMP / f"{secrets.token_hex(12)}.part"
         try:
             with open(tmp, "xb") as out:
-                _write(out, reader, sync)
+                _write(out, reader, sync=True)
             os.link(tmp, name, dst_dir_fd=directory)
         finally:
             with suppress(OSError):  # cleanup must not hide the error that brought us here
@@ -280,6 +339,44 @@ class LocalStore:
                     yield ObjectInfo(key=key, size=path.stat().st_size)
 
 
+class _Unnamed:
+    """An object of `put_many` written but not named yet: its open file (unnamed, or
+    with a temporary name under `.tmp/`) and the path it will be named."""
+
+    def __init__(self, final: Path, fd: int, tmp: Path | None) -> None:
+        self.final, self.fd, self.tmp = final, fd, tmp
+        self.result = PutResult("", 0, "")  # set once the object is written
+
+    def link(self, some_dir: int) -> None:
+        """Give the (synced) object its name; its pages are then given back.
+
+        `some_dir`: any open directory. Python calls `linkat` (which can follow the
+        /proc link to the file itself) only when it is given a directory descriptor,
+        else `link`, which would link the /proc link; the absolute source path makes
+        the kernel ignore which directory it is."""
+        if self.tmp is None:
+            # The /proc path names the open file; following it links the file itself.
+            source = f"/proc/self/fd/{self.fd}"
+            os.link(source, self.final, src_dir_fd=some_dir, follow_symlinks=True)
+        else:
+            os.link(self.tmp, self.final)
+        _drop_cached(self.fd)
+
+    def close(self) -> None:
+        """Close its file and remove its temporary name, if any."""
+        os.close(self.fd)
+        if self.tmp is not None:
+            with suppress(OSError):
+                self.tmp.unlink(missing_ok=True)
+
+
+def _sync_failure(count: int) -> StorageError:
+    """The error of every object of a batch whose `syncfs` failed (errno just set)."""
+    return StorageError(
+        f"cannot make {count} new objects durable: {os.strerror(ctypes.get_errno())}"
+    )
+
+
 def iter_file(handle: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
     """Bytes [start, end) of an open file in chunks of CHUNK_SIZE (block-aligned from a
     block-aligned start, so `verified_range` checks whole chunks without a copy); the
@@ -324,16 +421,6 @@ def _drop_cached(fd: int) -> None:
     if _FADVISE is not None:
         with suppress(OSError):
             _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def _drop_cached_path(path: Path) -> None:
-    """`_drop_cached` for a synced object no longer open."""
-    with suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            _drop_cached(fd)
-        finally:
-            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
