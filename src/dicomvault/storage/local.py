@@ -123,8 +123,6 @@ class LocalStore:
         final = self._path(key)
         reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_WRITING)
         try:
-            if not self._fanout_ready:
-                self.prepare()
             directory = self._open_dir(final.parent)
             try:
                 if not (self._unnamed and self._put_unnamed(directory, final.name, reader)):
@@ -200,8 +198,6 @@ class LocalStore:
         final = self._path(key)
         reader = HashingReader(chunks, lag_bytes=_HASH_WHILE_WRITING)
         try:
-            if not self._fanout_ready:
-                self.prepare()
             directory = self._open_dir(final.parent)
             try:
                 unnamed = _Unnamed(final, *self._new_file(directory))
@@ -232,7 +228,10 @@ class LocalStore:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
 
     def _open_dir(self, path: Path) -> int:
-        """The directory an object goes in, opened (made first if need be)."""
+        """The directory an object goes in, opened (made first if need be; the fan-out
+        directories all at once, on the first object: `prepare`)."""
+        if not self._fanout_ready:
+            self.prepare()
         self._ensure_dir(path)
         try:
             return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
