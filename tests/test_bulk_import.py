@@ -106,3 +106,22 @@ def test_a_batch_the_index_refuses_is_reported_and_keeps_nothing(
     assert [r.status for r in results] == [ImportStatus.FAILED] * 3
     assert all(r.detail == "RuntimeError: the index is unwritable" for r in results)
     assert _stored(archive) == (0, 0, 0)
+
+
+def test_a_batch_whose_ingest_fails_whole_is_reported_file_by_file(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gone(*_args: object) -> list[int]:
+        raise RuntimeError("the index went away")
+
+    monkeypatch.setattr(Ingestor, "_batch", gone)
+    sources = [_source("a", _one("gone/a")), _source("text", b"plain text" * 30)]
+    sources.append(_source("b", _one("gone/b")))
+    results = import_batch(archive.ingestor, sources)
+    assert [(r.source, r.status) for r in results] == [
+        ("a", ImportStatus.FAILED),
+        ("text", ImportStatus.NOT_DICOM),
+        ("b", ImportStatus.FAILED),
+    ]
+    assert results[0].detail == "RuntimeError: the index went away"
+    assert _stored(archive) == (0, 0, 0)

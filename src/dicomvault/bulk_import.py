@@ -181,7 +181,7 @@ def import_batch(ingestor: Ingestor, sources: Sequence[Source]) -> list[ImportRe
                 results[i] = _failed(source, exc)
         try:
             outcomes = ingestor.ingest_many([fp for _, fp in opened], origin=_IMPORT)
-        except (DicomVaultError, OSError) as exc:  # the index or store failed the batch
+        except Exception as exc:  # noqa: BLE001 - the index or store failed the whole batch
             outcomes = [exc] * len(opened)
         for (i, _), outcome in zip(opened, outcomes, strict=True):
             results[i] = _result(sources[i], outcome)
