@@ -86,10 +86,10 @@ class Settings(BaseSettings):
         default=4 * 1024**3, ge=1024, description="Largest request body accepted (413 above)."
     )
     spool_memory_bytes: int = Field(
-        default=8 * 1024**2,
+        default=32 * 1024**2,
         ge=0,
-        description="Parts of an upload up to this size stay in memory; larger ones spool "
-        "to a temporary file.",
+        description="An upload's parts stay in memory up to this total per request (or "
+        "per C-STORE instance); past it, they spool to temporary files.",
     )
     qido_max_results: int = Field(
         default=1000, ge=1, description="Most results one QIDO-RS response returns."

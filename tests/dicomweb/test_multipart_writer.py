@@ -1,12 +1,20 @@
-"""write_parts joins the multipart framing to body chunks; the body must stay byte-exact."""
+"""write_parts joins the multipart framing to body chunks; the body must stay byte-exact.
+read_parts keeps a request's parts in memory up to a budget and spools the rest to
+one file per request."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import io
+import os
 from collections.abc import AsyncIterator, Iterable
 from io import BytesIO
 
-from dicomvault.dicomweb.multipart import read_parts, write_parts
+import pytest
+
+from dicomvault.dicomweb import multipart
+from dicomvault.dicomweb.multipart import MultipartError, close_parts, read_parts, write_parts
 
 
 async def _chunks(data: Iterable[bytes]) -> AsyncIterator[bytes]:
@@ -35,9 +43,9 @@ def test_parts_of_one_many_and_no_chunks_come_back_as_written() -> None:
 
 
 def test_parts_past_the_spool_size_are_read_back_from_a_temporary_file() -> None:
-    """A part up to `spool_bytes` stays in memory; a larger one moves to a temporary file
-    as it grows past it (whatever the chunks), and reads back the same; with 0, every
-    part with a byte in it goes to disk."""
+    """A part that fits the request's budget stays in memory; one that would pass it
+    moves to the spool as it grows past it (whatever the chunks), and reads back the
+    same; with 0, every part with a byte in it goes to disk."""
     small, large = b"s" * 1000, bytes(range(256)) * 40  # 10,240 bytes
     body = b"".join(write_parts("XYZ", [("application/dicom", [small]), ("a/b", [large])]))
     pieces = [body[i : i + 333] for i in range(0, len(body), 333)]
@@ -46,7 +54,81 @@ def test_parts_past_the_spool_size_are_read_back_from_a_temporary_file() -> None
         assert [not isinstance(part.file, BytesIO) for part in read] == on_disk
         assert [part.file.read() for part in read] == [small, large]
         assert [part.size for part in read] == [len(small), len(large)]
-        for part, disk in zip(read, on_disk, strict=True):
-            if disk:
-                assert part.file.fileno() >= 0
-            part.file.close()
+        close_parts(read)
+
+
+def test_the_budget_is_for_the_whole_request() -> None:
+    """Parts each under the budget but together over it: the ones that would pass it
+    are spooled, a later one that fits stays in memory; every one reads back whole,
+    also read in turns and after seeking (as the ingest reads a batch)."""
+    sizes = [1000, 1000, 3000, 500, 2600]
+    bodies = [bytes([n]) * size for n, size in enumerate(sizes)]
+    body = b"".join(write_parts("XYZ", [("application/dicom", [b]) for b in bodies]))
+    pieces = [body[i : i + 700] for i in range(0, len(body), 700)]
+    read = asyncio.run(read_parts(_chunks(pieces), "XYZ", spool_bytes=4096, max_bytes=1 << 20))
+    try:
+        assert [isinstance(part.file, BytesIO) for part in read] == [
+            True, True, False, True, False
+        ]  # fmt: skip
+        heads = [part.file.read(10) for part in read]  # each file keeps its own position
+        assert heads == [b[:10] for b in bodies]
+        assert [part.file.read() for part in read] == [b[10:] for b in bodies]
+        spooled = read[4].file
+        assert spooled.seek(0, io.SEEK_END) == 2600
+        assert spooled.tell() == 2600
+        assert spooled.read() == b""
+        spooled.seek(2590)
+        assert spooled.read(100) == bodies[4][2590:]
+        spooled.seek(0)
+        assert spooled.read() == bodies[4]
+    finally:
+        close_parts(read)
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors")
+def test_thousands_of_spooled_parts_hold_one_descriptor() -> None:
+    """A request of 3,000 spooled parts holds one file open, not 3,000 (the usual limit
+    is 1,024 a process), until the last of its parts is closed."""
+    bodies = [n.to_bytes(2, "big") * 50 for n in range(3000)]
+    body = b"".join(write_parts("XYZ", [("application/dicom", [b]) for b in bodies]))
+    before = _open_descriptors()
+    read = asyncio.run(read_parts(_chunks([body]), "XYZ", spool_bytes=0, max_bytes=1 << 24))
+    assert _open_descriptors() == before + 1
+    assert [part.file.read() for part in read] == bodies
+    close_parts(read[:-1])
+    assert _open_descriptors() == before + 1  # the last part still reads from it
+    assert read[-1].file.seek(0) == 0
+    assert read[-1].file.read() == bodies[-1]
+    close_parts(read[-1:])
+    assert _open_descriptors() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors")
+def test_a_body_that_breaks_off_after_spooling_leaves_nothing_open() -> None:
+    body = b"".join(write_parts("XYZ", [("application/dicom", [b"x" * 5000])] * 3))
+    before = _open_descriptors()
+    with pytest.raises(MultipartError, match="closing boundary"):
+        asyncio.run(read_parts(_chunks([body[:-200]]), "XYZ", spool_bytes=0, max_bytes=1 << 20))
+    assert _open_descriptors() == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors")
+def test_a_spool_that_cannot_be_written_is_an_os_error_and_leaves_nothing_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk while spooling: the OSError reaches the caller (STOW-RS answers 503),
+    and the spool is closed."""
+
+    def full(_fd: int, _data: object, _offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    body = b"".join(write_parts("XYZ", [("application/dicom", [b"x" * 5000])] * 2))
+    before = _open_descriptors()
+    monkeypatch.setattr(multipart.os, "pwrite", full)
+    with pytest.raises(OSError, match="No space left"):
+        asyncio.run(read_parts(_chunks([body]), "XYZ", spool_bytes=6000, max_bytes=1 << 20))
+    assert _open_descriptors() == before

@@ -253,6 +253,44 @@ def test_parts_spooled_to_disk_are_stored_byte_for_byte(
     assert stored == bytes(128) + data[128:]
 
 
+def test_a_request_past_the_memory_budget_is_stored_byte_for_byte(
+    settings: Settings,
+) -> None:
+    """Parts that together pass `spool_memory_bytes` (each alone under it) go to the
+    request's spool file and are stored exactly as sent, the invalid one refused."""
+    files = [good(f"budget{i}", size=64) for i in range(6)]
+    archive = Archive.open(settings.model_copy(update={"spool_memory_bytes": 2 * len(files[0])}))
+    try:
+        with running_server(archive) as base:
+            response = _stow(base, *files[:3], b"not DICOM" * 100, *files[3:])
+        assert response.status_code == 202, response.text
+        stored = {b"".join(archive.store.iter_bytes(info.key)) for info in archive.store.list()}
+        assert stored == {bytes(128) + f[128:] for f in files}
+        assert _count(archive, instances) == 6
+    finally:
+        archive.close()
+
+
+def test_an_upload_that_cannot_be_spooled_is_refused_and_nothing_is_stored(
+    spooling_server: tuple[Archive, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while a part is spooled: 503 with the reason, nothing stored, and the
+    server goes on serving."""
+    archive, base = spooling_server
+
+    def full(self: object, data: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("dicomvault.dicomweb.multipart._Spool.append", full)
+        response = _stow(base, good("nospace1"), good("nospace2"))
+    assert response.status_code == 503
+    assert "could not be spooled: No space left on device" in response.json()["error"]
+    assert _count(archive, instances) == 0
+    assert list(archive.store.list()) == []
+    assert _stow(base, good("nospace1")).status_code == 200
+
+
 def _odd(name: str, **values: Any) -> bytes:
     ds = dataset(
         study_uid=uid(f"{name}/st"), series_uid=uid(f"{name}/se"), sop_uid=uid(f"{name}/i")

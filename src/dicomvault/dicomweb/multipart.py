@@ -1,20 +1,30 @@
 """multipart/related: a streaming reader for STOW-RS bodies and a writer for WADO-RS.
 
-The reader keeps each part in memory up to a threshold and moves it to a temporary
-file past it, so a 2 GB instance never sits in memory, and refuses bodies that do
-not begin with the boundary or never close it. A part is handed on as the plain
-`BytesIO` or file it is in (not a `SpooledTemporaryFile`, whose every read, seek and
-tell is a Python call in front of the real one: the header parse makes hundreds).
+The reader keeps a request's parts in memory up to a budget for the whole request and
+spools each part that would pass it to disk: a 2 GB instance never sits in memory,
+nor does a study of a thousand slices sent as one request (each part small, together
+half a gigabyte). It refuses bodies that do not begin with the boundary or never
+close it.
+
+A part in memory is handed on as the plain `BytesIO` it is in (not a
+`SpooledTemporaryFile`, whose every read, seek and tell is a Python call in front of
+the real one: the header parse makes hundreds). The spooled parts of a request share
+one temporary file, each read through a buffered window onto its own range: a
+request of thousands of parts holds one file descriptor, not one per part (with a
+descriptor per part, such a request ran a process past the usual limit of 1,024, and
+sockets numbered past 1,023 break the `select()` that pynetdicom waits on).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import IO
+from typing import IO, Any
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
@@ -49,6 +59,9 @@ class Part:
 @dataclass
 class _State:
     spool_bytes: int
+    in_memory: int = 0  # bytes of this request's parts held in memory
+    spool: _Spool | None = None  # where the parts past the budget go, made when needed
+    spooled_at: int | None = None  # where the current part begins in it, once spooled
     parts: list[Part] = field(default_factory=list)
     field_name: bytearray = field(default_factory=bytearray)
     field_value: bytearray = field(default_factory=bytearray)
@@ -62,7 +75,10 @@ async def read_parts(
 ) -> list[Part]:
     """Every part of a multipart body, each spooled and rewound; MultipartError if malformed.
 
-    Raises OverflowError when more than `max_bytes` arrive.
+    The parts stay in memory while they total at most `spool_bytes`; a part that would
+    take the total past it moves to the request's spool file as it arrives. Raises
+    OverflowError when more than `max_bytes` arrive, and OSError when a part cannot be
+    spooled (a full disk); nothing is kept then.
     """
     state = _State(spool_bytes=spool_bytes)
 
@@ -87,15 +103,35 @@ async def read_parts(
     def part_data(data: bytes, start: int, end: int) -> None:
         part = state.current
         assert part is not None
-        if part.size + end - start > state.spool_bytes and isinstance(part.file, BytesIO):
-            part.file = _to_disk(part.file)
-        part.file.write(memoryview(data)[start:end])
-        part.size += end - start
+        chunk = memoryview(data)[start:end]
+        if state.spooled_at is None:  # the part is still in memory
+            if state.in_memory + len(chunk) <= state.spool_bytes:
+                state.in_memory += len(chunk)
+                part.file.write(chunk)
+                part.size += len(chunk)
+                return
+            if state.spool is None:
+                state.spool = _Spool()
+            state.in_memory -= part.size
+            state.spooled_at = state.spool.end
+            assert isinstance(part.file, BytesIO)
+            with part.file.getbuffer() as held:
+                state.spool.append(held)
+            part.file.close()
+        assert state.spool is not None
+        state.spool.append(chunk)
+        part.size += len(chunk)
 
     def part_end() -> None:
-        assert state.current is not None
-        state.current.file.seek(0)
-        state.parts.append(state.current)
+        part = state.current
+        assert part is not None
+        if state.spooled_at is None:
+            part.file.seek(0)
+        else:
+            assert state.spool is not None
+            part.file = state.spool.window(state.spooled_at, part.size)
+            state.spooled_at = None
+        state.parts.append(part)
         state.current = None
 
     def end() -> None:
@@ -124,26 +160,100 @@ async def read_parts(
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
-        close_parts(state.parts)
+        _discard(state)
         raise MultipartError(f"malformed multipart body: {exc}") from exc
     except BaseException:
-        close_parts(state.parts)
+        _discard(state)
         raise
     if not state.ended:
-        close_parts(state.parts)
-        if state.current is not None:
-            state.current.file.close()
+        _discard(state)
         raise MultipartError("the multipart body ends without its closing boundary")
+    if state.spool is not None:
+        state.spool.release()  # the windows hold it open now; the last one closes it
     return state.parts
 
 
-def _to_disk(memory: BytesIO) -> IO[bytes]:
-    """A temporary file holding what `memory` held, positioned at its end."""
-    disk = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the Part
-    with memory.getbuffer() as held:
-        disk.write(held)
-    memory.close()
-    return disk
+def _discard(state: _State) -> None:
+    """Close every part read so far, the one being read, and the spool."""
+    close_parts(state.parts)
+    if state.current is not None:
+        state.current.file.close()  # its memory, or closed already when spooled
+    if state.spool is not None:
+        state.spool.release()
+
+
+class _Spool:
+    """The temporary file a request's spooled parts go to, one after the other.
+
+    It stays open while the reader writes to it (one hold) and while any window onto
+    it is open (one hold each); the last release closes it."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed in release
+        self.fd = self._file.fileno()
+        self.end = 0
+        self._holds = 1
+
+    def append(self, data: memoryview) -> None:
+        while data:
+            written = os.pwrite(self.fd, data, self.end)
+            self.end += written
+            data = data[written:]
+
+    def window(self, start: int, size: int) -> IO[bytes]:
+        """A buffered, seekable file reading the `size` bytes at `start`."""
+        self._holds += 1
+        return io.BufferedReader(_Window(self, start, size), _WINDOW_BUFFER)
+
+    def release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0:
+            self._file.close()
+
+
+_WINDOW_BUFFER = 64 * 1024  # a window reads ahead this much (the header parse reads
+# a few bytes at a time; large values are read in chunks of their own size)
+
+
+class _Window(io.RawIOBase):
+    """The bytes [start, start + size) of a spool as a read-only, seekable raw file."""
+
+    def __init__(self, spool: _Spool, start: int, size: int) -> None:
+        super().__init__()
+        self._spool = spool
+        self._start = start
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self._size - self._pos))
+        if count == 0:
+            return 0
+        got = os.preadv(self._spool.fd, [view[:count]], self._start + self._pos)
+        self._pos += got
+        return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._spool.release()
+        super().close()
 
 
 def close_parts(parts: Iterable[Part]) -> None:

@@ -106,6 +106,9 @@ async def store_instances(request: Request, study: str | None = None) -> Respons
         return _error(400, str(exc))
     except OverflowError as exc:
         return _error(413, str(exc))
+    except OSError as exc:  # no room or no descriptor left to spool a part: try later
+        log.error("STOW-RS upload could not be spooled: %s", exc)
+        return _error(503, f"the upload could not be spooled: {exc.strerror or exc}")
     if not parts:
         return _error(400, "the multipart body has no parts")
     try:
