@@ -347,7 +347,7 @@ def _qido(args: argparse.Namespace, work: data.Workload, figures: Figures) -> No
                     )
 
 
-def _large(args: argparse.Namespace, figures: Figures) -> None:
+def _large(args: argparse.Namespace, work: data.Workload, figures: Figures) -> None:
     megabytes = args.large_mb or (256 if args.quick else 1024)
     path = data.large_instance(megabytes)
     study = data.large_study()
@@ -365,6 +365,23 @@ def _large(args: argparse.Namespace, figures: Figures) -> None:
             figures.add(f"WADO-RS one {megabytes} MB instance", name, result["mb_per_s"], "MB/s")
             figures.add(
                 f"peak server RSS, {megabytes} MB in and out",
+                name,
+                server.peak_rss_mb(),
+                "MB",
+                lower_is_better=True,
+            )
+    # A whole study in one request, as tools that upload a study at once send it: many
+    # parts, each small, together hundreds of megabytes. A fresh server for each, so
+    # that its peak memory is this request's.
+    files = [data.variant(f, 90) for f in work.ct]
+    size = sum(len(f) for f in files) / 1e6
+    label = f"{len(files)} CT ({size:.0f} MB) in one STOW-RS request"
+    for name, factory in _servers(one_process):
+        with factory() as server:
+            seconds = measure.stow_one_request(server.dicomweb, files)
+            figures.add(label, name, len(files) / seconds, "inst/s")
+            figures.add(
+                f"peak server RSS, {label}",
                 name,
                 server.peak_rss_mb(),
                 "MB",
@@ -410,7 +427,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _qido(args, work, figures)
     if not parts or "large" in parts:
         with leftovers.deferred():
-            _large(args, figures)
+            _large(args, work, figures)
     report["figures"] = figures.as_json()
     report["seconds"] = round(time.time() - started)
     print_table(figures, report.get("disk"), STORESCU)

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from benchmarks.cpu import tree_cpu_s
 from benchmarks.data import ROOT, relabel, variant
-from benchmarks.measure import AS_STORED, percentile, wado_study
+from benchmarks.measure import AS_STORED, percentile, stow_one_request, wado_study
 from benchmarks.report import Figures, ratio
 
 from benchmarks import bulk, leftovers
@@ -129,6 +129,17 @@ def test_the_retrieval_reader_counts_every_byte_the_server_sends(
     assert wado_study(url)["bytes"] == len(whole.content) > 4 * 256 * 256 * 2
     with pytest.raises(RuntimeError, match="WADO-RS 404"):
         wado_study(f"{server}/dicom-web/studies/{uid('bench-read/absent')}")
+
+
+def test_a_whole_study_goes_in_one_streamed_request(archive: Archive, server: str) -> None:
+    """The one-request figure sends every part, and a refused request is an error."""
+    files = list(study_instances("bench-one", per_series=5, size=64))
+    assert stow_one_request(f"{server}/dicom-web", files) > 0
+    with archive.db.read() as conn:
+        stored = conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one()
+    assert stored == len(files)
+    with pytest.raises(RuntimeError, match="STOW-RS of 1 parts: 400"):
+        stow_one_request(f"{server}/dicom-web", [b"not DICOM"])
 
 
 def test_the_import_figure_leaves_out_the_commands_start_up(
