@@ -8,6 +8,7 @@ import asyncio
 import errno
 import io
 import os
+import threading
 from collections.abc import AsyncIterator, Iterable
 from io import BytesIO
 
@@ -105,6 +106,31 @@ def test_thousands_of_spooled_parts_hold_one_descriptor() -> None:
     assert read[-1].file.read() == bodies[-1]
     close_parts(read[-1:])
     assert _open_descriptors() == before
+
+
+def test_the_spool_is_written_off_the_event_loop_a_megabyte_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write to the spool can wait on the disk: none runs on the event loop's thread,
+    and 3 MB arriving in 64 KiB chunks take a handful of writes, not fifty."""
+    writers: list[int] = []
+    pwrite = os.pwrite
+
+    def recorded(fd: int, data: bytes, offset: int) -> int:
+        writers.append(threading.get_ident())
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(multipart.os, "pwrite", recorded)
+    big = os.urandom(3 * 1024 * 1024)
+    body = b"".join(write_parts("XYZ", [("application/dicom", [big])]))
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    read = asyncio.run(read_parts(_chunks(pieces), "XYZ", spool_bytes=1024, max_bytes=1 << 24))
+    try:
+        assert read[0].file.read() == big
+    finally:
+        close_parts(read)
+    assert 3 <= len(writers) <= 5
+    assert threading.get_ident() not in writers  # asyncio.run's loop runs on this thread
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors")

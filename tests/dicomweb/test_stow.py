@@ -278,11 +278,11 @@ def test_an_upload_that_cannot_be_spooled_is_refused_and_nothing_is_stored(
     server goes on serving."""
     archive, base = spooling_server
 
-    def full(self: object, data: object) -> None:
+    def full(self: object) -> None:
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr("dicomvault.dicomweb.multipart._Spool.append", full)
+        patch.setattr("dicomvault.dicomweb.multipart._Spool.flush", full)
         response = _stow(base, good("nospace1"), good("nospace2"))
     assert response.status_code == 503
     assert "could not be spooled: No space left on device" in response.json()["error"]

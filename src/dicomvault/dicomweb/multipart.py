@@ -29,6 +29,8 @@ from typing import IO, Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
+from dicomvault.dicomweb.threads import in_thread
+
 __all__ = [
     "MultipartError",
     "Part",
@@ -158,7 +160,11 @@ async def read_parts(
             if received > max_bytes:
                 raise OverflowError(f"the body exceeds the {max_bytes}-byte limit")
             parser.write(chunk)
+            if state.spool is not None and state.spool.pending >= _FLUSH_BYTES:
+                await in_thread(state.spool.flush)
         parser.finalize()
+        if state.spool is not None:
+            await in_thread(state.spool.flush)
     except MultipartParseError as exc:
         _discard(state)
         raise MultipartError(f"malformed multipart body: {exc}") from exc
@@ -182,23 +188,42 @@ def _discard(state: _State) -> None:
         state.spool.release()
 
 
+_FLUSH_BYTES = 1024 * 1024  # spooled bytes gathered before a worker thread writes them
+
+
 class _Spool:
     """The temporary file a request's spooled parts go to, one after the other.
 
-    It stays open while the reader writes to it (one hold) and while any window onto
-    it is open (one hold each); the last release closes it."""
+    Appended bytes are gathered and written by a worker thread a megabyte at a time
+    (`flush`), not on the event loop: a write can wait while the kernel holds back
+    writers with much unwritten data, and the event loop serves every request of the
+    process. It stays open while the reader writes to it (one hold) and while any
+    window onto it is open (one hold each); the last release closes it."""
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - closed in release
         self.fd = self._file.fileno()
-        self.end = 0
+        self.end = 0  # the offset the next appended byte gets
+        self._gathered = bytearray()
         self._holds = 1
 
+    @property
+    def pending(self) -> int:
+        """Bytes appended and not yet written."""
+        return len(self._gathered)
+
     def append(self, data: memoryview) -> None:
-        while data:
-            written = os.pwrite(self.fd, data, self.end)
-            self.end += written
-            data = data[written:]
+        self._gathered += data
+        self.end += len(data)
+
+    def flush(self) -> None:
+        """Write what was gathered (blocking: on a worker thread)."""
+        offset = self.end - len(self._gathered)
+        with memoryview(self._gathered) as gathered:
+            done = 0
+            while done < len(gathered):
+                done += os.pwrite(self.fd, gathered[done:], offset + done)
+        self._gathered.clear()
 
     def window(self, start: int, size: int) -> IO[bytes]:
         """A buffered, seekable file reading the `size` bytes at `start`."""
