@@ -91,10 +91,13 @@ def create_app(archive: Archive) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (stow.router, qido.router, wado.router, pixels.router, delete.router):
-        app.include_router(router, prefix=DICOMWEB_ROOT)
+    # STOW-RS first: the router tries the routes in order, and a request of one
+    # instance is the most frequent request an archive serves.
+    stow.add_routes(app, DICOMWEB_ROOT)
     # STOW-RS naming the site the new studies belong to.
-    app.include_router(stow.router, prefix=DICOMWEB_ROOT + "/sites/{site}")
+    stow.add_routes(app, DICOMWEB_ROOT + "/sites/{site}")
+    for router in (qido.router, wado.router, pixels.router, delete.router):
+        app.include_router(router, prefix=DICOMWEB_ROOT)
     app.include_router(login.router)
     app.include_router(changefeed.router)
     app.include_router(manage.router)

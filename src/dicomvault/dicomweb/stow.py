@@ -5,6 +5,12 @@ closing boundary has arrived, so a truncated request stores nothing. The parts t
 go through the one ingest function together (`Ingestor.ingest_many`: their objects
 synced at once, their index rows in one transaction), on one worker thread; a request
 of one part is also audited on that thread (one hop fewer: see `record_request`).
+
+The routes are plain Starlette routes (`add_routes`), guarded as the others are
+(`access.guarded`): the per-instance request of a modality or router is the most
+frequent request an archive serves, and FastAPI's parameter and dependency handling
+cost it about a tenth of its CPU (docs/performance.md). They are therefore not in
+the generated OpenAPI description.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ from enum import Enum
 from typing import IO, Any
 
 import pydicom
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.tag import Tag
 from starlette.types import Scope
 
 from dicomvault.archive import Archive
-from dicomvault.dicomweb.access import AccessContext, record_request
+from dicomvault.dicomweb.access import AccessContext, guarded, record_request
 from dicomvault.dicomweb.media import parse_media_type
 from dicomvault.dicomweb.multipart import MultipartError, Part, close_parts, read_parts
 from dicomvault.dicomweb.responses import DICOM_JSON, root_url
@@ -38,10 +44,9 @@ from dicomvault.model.origin import Door, Origin
 from dicomvault.model.status import FailureReason
 from dicomvault.model.uids import is_valid_uid, require_uid
 
-__all__ = ["router"]
+__all__ = ["add_routes"]
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 
 _RETRIEVE_URL = "00081190"
 _FAILED_SOP_SEQUENCE = "00081198"
@@ -75,11 +80,18 @@ def _failure(reason: FailureReason) -> dict[str, Any]:
     return {_FAILURE_REASON: {"vr": "US", "Value": [int(reason)]}}
 
 
-@router.post("/studies")
-@router.post("/studies/{study}")
-async def store_instances(request: Request, study: str | None = None) -> Response:
+def add_routes(app: FastAPI, prefix: str) -> None:
+    """STOW-RS at `prefix`/studies and `prefix`/studies/{study} (see the module doc)."""
+    for path in (prefix + "/studies", prefix + "/studies/{study}"):
+        endpoint = guarded(path, store_instances)
+        app.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
+
+
+async def store_instances(request: Request) -> Response:
+    """Store the parts of a multipart/related request (PS3.18 10.5)."""
     archive: Archive = request.app.state.archive
     settings = archive.settings
+    study: str | None = request.path_params.get("study")
     if study is not None:
         require_uid(study, "StudyInstanceUID in the URL")
     length = request.headers.get("content-length")
